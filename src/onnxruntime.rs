@@ -52,10 +52,8 @@ pub fn find_dylib() -> Result<PathBuf, RuntimeError> {
             continue;
         };
         for entry in entries.flatten() {
-            let candidate = entry
-                .path()
-                .join("site-packages/onnxruntime/capi")
-                .join(format!("libonnxruntime.so.{ORT_VERSION}"));
+            let candidate =
+                entry.path().join("site-packages/onnxruntime/capi").join(format!("libonnxruntime.so.{ORT_VERSION}"));
             if candidate.is_file() {
                 return Ok(candidate);
             }
@@ -74,14 +72,9 @@ pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeEr
     // A failed load is kept too: ort refuses a second dlopen attempt in one process anyway.
     ENV.get_or_init(|| {
         let path = find_dylib()?;
-        let builder = ort::init_from(&path).map_err(|e| RuntimeError::Load {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        builder
-            .with_name("hashsrv")
-            .build()
-            .map_err(|e| RuntimeError::Environment(e.to_string()))
+        let builder =
+            ort::init_from(&path).map_err(|e| RuntimeError::Load { path: path.clone(), message: e.to_string() })?;
+        builder.with_name("hashsrv").build().map_err(|e| RuntimeError::Environment(e.to_string()))
     })
     .as_ref()
     .map_err(Clone::clone)

@@ -18,11 +18,7 @@ pub enum CodeError {
     #[error("code length {bits} bits is outside the supported range {min}..={max}")]
     UnsupportedBits { bits: u32, min: u32, max: u32 },
     #[error("a {bits}-bit code packs into {expected} bytes, got {found}")]
-    WrongByteLength {
-        bits: u32,
-        expected: usize,
-        found: usize,
-    },
+    WrongByteLength { bits: u32, expected: usize, found: usize },
     #[error("padding bits past bit {bits} must be zero")]
     NonZeroPadding { bits: u32 },
     #[error("invalid hex code: {0}")]
@@ -49,11 +45,7 @@ pub fn check_bits(bits: u32) -> Result<(), CodeError> {
     if (MIN_BITS..=MAX_BITS).contains(&bits) {
         Ok(())
     } else {
-        Err(CodeError::UnsupportedBits {
-            bits,
-            min: MIN_BITS,
-            max: MAX_BITS,
-        })
+        Err(CodeError::UnsupportedBits { bits, min: MIN_BITS, max: MAX_BITS })
     }
 }
 
@@ -75,10 +67,7 @@ impl HashCode {
                 words[i / 64] |= 1u64 << (63 - (i % 64));
             }
         }
-        Ok(Self {
-            bits,
-            words: words.into(),
-        })
+        Ok(Self { bits, words: words.into() })
     }
 
     /// A code from its packed bytes (`numpy.packbits` layout); padding bits must be zero.
@@ -86,11 +75,7 @@ impl HashCode {
         check_bits(bits)?;
         let expected = bytes_for_bits(bits);
         if bytes.len() != expected {
-            return Err(CodeError::WrongByteLength {
-                bits,
-                expected,
-                found: bytes.len(),
-            });
+            return Err(CodeError::WrongByteLength { bits, expected, found: bytes.len() });
         }
         let mut words = vec![0u64; words_for_bits(bits)];
         for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
@@ -98,15 +83,8 @@ impl HashCode {
             be[..chunk.len()].copy_from_slice(chunk);
             *w = u64::from_be_bytes(be);
         }
-        let code = Self {
-            bits,
-            words: words.into(),
-        };
-        if code
-            .words
-            .last()
-            .is_some_and(|&last| last & !last_word_mask(bits) != 0)
-        {
+        let code = Self { bits, words: words.into() };
+        if code.words.last().is_some_and(|&last| last & !last_word_mask(bits) != 0) {
             return Err(CodeError::NonZeroPadding { bits });
         }
         Ok(code)
@@ -117,22 +95,12 @@ impl HashCode {
         check_bits(bits)?;
         let expected = words_for_bits(bits);
         if words.len() != expected {
-            return Err(CodeError::WrongByteLength {
-                bits,
-                expected: expected * 8,
-                found: words.len() * 8,
-            });
+            return Err(CodeError::WrongByteLength { bits, expected: expected * 8, found: words.len() * 8 });
         }
-        if words
-            .last()
-            .is_some_and(|&last| last & !last_word_mask(bits) != 0)
-        {
+        if words.last().is_some_and(|&last| last & !last_word_mask(bits) != 0) {
             return Err(CodeError::NonZeroPadding { bits });
         }
-        Ok(Self {
-            bits,
-            words: words.into(),
-        })
+        Ok(Self { bits, words: words.into() })
     }
 
     /// A code from its hex form (the packed bytes in order, `2 * ceil(bits / 8)` hex digits).
@@ -171,10 +139,7 @@ impl HashCode {
 
     /// Hamming distance to another code of the same length.
     pub fn distance(&self, other: &HashCode) -> u32 {
-        assert_eq!(
-            self.bits, other.bits,
-            "Hamming distance between codes of different lengths"
-        );
+        assert_eq!(self.bits, other.bits, "Hamming distance between codes of different lengths");
         crate::hamming::distance(&self.words, &other.words)
     }
 }
@@ -211,15 +176,8 @@ impl<'a> CodeMatrix<'a> {
     /// Wraps `words` as codes of `bits` bits. Panics if the length is not a whole number of codes.
     pub fn new(bits: u32, words: &'a [u64]) -> Self {
         let words_per_code = words_for_bits(bits);
-        assert!(
-            words.len() % words_per_code == 0,
-            "word count is not a whole number of codes"
-        );
-        Self {
-            bits,
-            words_per_code,
-            words,
-        }
+        assert!(words.len() % words_per_code == 0, "word count is not a whole number of codes");
+        Self { bits, words_per_code, words }
     }
 
     /// Code length in bits.
@@ -276,18 +234,13 @@ mod tests {
         let mut outputs = vec![0.0f32; 8];
         outputs[3] = f32::NAN;
         outputs[4] = -0.0;
-        assert_eq!(
-            HashCode::from_outputs(&outputs).unwrap().to_packed(),
-            vec![0]
-        );
+        assert_eq!(HashCode::from_outputs(&outputs).unwrap().to_packed(), vec![0]);
     }
 
     #[test]
     fn odd_lengths_round_trip_and_reject_padding() {
         for bits in [8u32, 12, 48, 65, 100, 128, 1024] {
-            let outputs: Vec<f32> = (0..bits)
-                .map(|i| if (i * 7 + 3) % 5 < 2 { 1.0 } else { -1.0 })
-                .collect();
+            let outputs: Vec<f32> = (0..bits).map(|i| if (i * 7 + 3) % 5 < 2 { 1.0 } else { -1.0 }).collect();
             let code = HashCode::from_outputs(&outputs).unwrap();
             let back = HashCode::from_packed(bits, &code.to_packed()).unwrap();
             assert_eq!(back, code);
@@ -296,18 +249,9 @@ mod tests {
             }
         }
         // 12 bits: the low nibble of the second byte is padding.
-        assert_eq!(
-            HashCode::from_packed(12, &[0xff, 0x0f]),
-            Err(CodeError::NonZeroPadding { bits: 12 })
-        );
-        assert!(matches!(
-            HashCode::from_packed(12, &[0xff]),
-            Err(CodeError::WrongByteLength { .. })
-        ));
-        assert!(matches!(
-            HashCode::from_outputs(&[1.0; 4]),
-            Err(CodeError::UnsupportedBits { .. })
-        ));
+        assert_eq!(HashCode::from_packed(12, &[0xff, 0x0f]), Err(CodeError::NonZeroPadding { bits: 12 }));
+        assert!(matches!(HashCode::from_packed(12, &[0xff]), Err(CodeError::WrongByteLength { .. })));
+        assert!(matches!(HashCode::from_outputs(&[1.0; 4]), Err(CodeError::UnsupportedBits { .. })));
     }
 
     #[test]

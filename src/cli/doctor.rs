@@ -13,10 +13,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     crate::onnxruntime::environment()?;
     println!("onnxruntime: {} (loaded)", path.display());
     let cuda = <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available()?;
-    println!(
-        "execution providers: CPU{}",
-        if cuda { ", CUDA" } else { "" }
-    );
+    println!("execution providers: CPU{}", if cuda { ", CUDA" } else { "" });
     let fmnist = std::path::Path::new("/usr/share/datasets/fashion-mnist");
     println!(
         "fashion-mnist: {}",

@@ -14,15 +14,10 @@ pub mod train;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 /// The error of a subcommand whose capability has not landed yet: clear, never a silent stub.
 pub(crate) fn not_yet(command: &str, issue: u32) -> anyhow::Error {
-    anyhow::anyhow!(
-        "`hashsrv {command}` is not available in this build yet (tracked in issue {issue})"
-    )
+    anyhow::anyhow!("`hashsrv {command}` is not available in this build yet (tracked in issue {issue})")
 }

@@ -23,9 +23,7 @@ pub fn find_trainer() -> Option<PathBuf> {
     if beside.is_file() {
         return Some(beside);
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(TRAINER))
-        .find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(TRAINER)).find(|p| p.is_file())
 }
 
 /// Runs `hashsrv-train` with the given arguments and returns its exit code.
