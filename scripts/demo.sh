@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The README's main job (`make demo`): set up from nothing, train a hasher on Fashion-MNIST on the
+# CPU, export ONNX, build the index, print the evaluation, and serve the search page.
+# A second run reuses the artefacts in runs/ and starts serving at once; --retrain redoes them.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+retrain=0
+bits="${BITS:-64}"
+addr="${ADDR:-127.0.0.1:8080}"
+for arg in "$@"; do
+  case "$arg" in
+    --retrain) retrain=1 ;;
+    *) echo "demo.sh: unknown argument $arg (accepted: --retrain; env BITS, ADDR)" >&2; exit 2 ;;
+  esac
+done
+
+scripts/setup.sh
+# shellcheck disable=SC1091
+source .venv/hashsrv.env
+cargo build --release --locked -p hashsrv -p hashsrv-train
+bin="$root/target/release"
+run="$root/runs/fashion-mnist-$bits"
+data=/usr/share/datasets/fashion-mnist
+
+if [ "$retrain" = 1 ] || [ ! -f "$run/model.onnx" ] || [ ! -f "$run/train.hidx" ]; then
+  rm -rf "$run.partial"
+  "$bin/hashsrv" train --dataset fashion-mnist --data "$data" --bits "$bits" --out "$run.partial"
+  rm -rf "$run"
+  mv "$run.partial" "$run"
+fi
+
+"$bin/hashsrv" evaluate --dataset fashion-mnist --data "$data" --model "$run/model.onnx" \
+  --index "$run/train.hidx" --out "$run/report"
+echo "[demo] serving http://$addr/ (Ctrl-C to stop)"
+exec "$bin/hashsrv" serve --model "$run/model.onnx" --index "$run/train.hidx" --data "$data" --addr "$addr"
