@@ -4,6 +4,7 @@
 //! the data sets and their splits, image preprocessing, the ONNX Runtime encoder, and the HTTP
 //! server. It never links libtorch, so a server deploys without the torch libraries.
 
+pub mod baselines;
 pub mod cli;
 pub mod onnxruntime;
 
