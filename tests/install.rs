@@ -49,7 +49,8 @@ fn missing_onnxruntime_gives_one_clear_message() {
 
 #[test]
 fn a_wrong_onnxruntime_path_is_named_in_the_error() {
-    let out = Command::new(HASHSRV).arg("doctor").env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so").output().unwrap();
+    let out =
+        Command::new(HASHSRV).arg("doctor").env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("/nonexistent/libonnxruntime.so") && stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
