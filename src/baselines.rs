@@ -271,7 +271,10 @@ mod tests {
             LinearHasher::itq(&[0.0; 30], 10, 16, 5, 0).unwrap_err(),
             BaselineError::TooManyBits { bits: 16, dim: 10 }
         );
-        assert_eq!(LinearHasher::lsh(&[0.0; 7], 3, 8, 0).unwrap_err(), BaselineError::RaggedFeatures { len: 7, dim: 3 });
+        assert_eq!(
+            LinearHasher::lsh(&[0.0; 7], 3, 8, 0).unwrap_err(),
+            BaselineError::RaggedFeatures { len: 7, dim: 3 }
+        );
         assert!(matches!(LinearHasher::lsh(&[0.0; 3], 3, 8, 0), Err(BaselineError::TooFewVectors { .. })));
     }
 
