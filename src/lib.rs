@@ -6,6 +6,8 @@
 
 pub mod baselines;
 pub mod cli;
+pub mod dataset;
 pub mod onnxruntime;
+pub mod preprocess;
 
 pub use hashsrv_index as index;

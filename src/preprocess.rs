@@ -1,0 +1,384 @@
+//! Image decoding and preprocessing: THE one implementation, shared by training (tch), index
+//! building and serving (ONNX Runtime), so every part of the system sees the same pixels.
+//!
+//! Two steps:
+//! - [`decode_image`] turns untrusted bytes into an RGB8 image: it sniffs the format, reads the
+//!   dimensions and refuses images above a pixel budget *before* decoding (decompression bombs),
+//!   applies the EXIF orientation and converts grey, alpha, CMYK and 16-bit images to RGB8.
+//! - [`Preprocess`] turns an image into a normalised CHW `f32` tensor: resize (bilinear,
+//!   antialiased convolution as in PIL/torchvision, done by `fast_image_resize`), square crop
+//!   (centre for evaluation, random plus horizontal flip for training) and per-channel
+//!   `(x / 255 - mean) / std`.
+
+use std::borrow::Cow;
+use std::io::Cursor;
+
+use fast_image_resize as fr;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use serde::{Deserialize, Serialize};
+
+/// ImageNet channel means (what torchvision's pretrained ResNet-18 expects).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// CIFAR-10 statistics, used by the seed repository's transforms (kept for its preset).
+pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+/// CIFAR-10 standard deviations used by the seed repository.
+pub const CIFAR10_STD: [f32; 3] = [0.2023, 0.1994, 0.2010];
+/// Fashion-MNIST pixel mean (single grey channel, replicated on RGB).
+pub const FASHION_MNIST_MEAN: f32 = 0.2860;
+/// Fashion-MNIST pixel standard deviation.
+pub const FASHION_MNIST_STD: f32 = 0.3530;
+
+/// How the image is resized before cropping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    /// Scale so the shorter side has this length, keeping the aspect ratio (torchvision's
+    /// `Resize(int)`).
+    ShorterSide(u32),
+    /// Scale to exactly this size, squashing the aspect ratio (torchvision's `Resize((h, w))`).
+    Exact { width: u32, height: u32 },
+}
+
+/// The preprocessing contract of a model: it goes into the ONNX metadata so that the server
+/// feeds the model exactly what it was trained on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    pub resize: Resize,
+    /// Side of the square crop: the network's input is `3 x crop x crop`.
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// Why an image could not be preprocessed (a bad configuration or output buffer, never bad pixels).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PreprocessError {
+    #[error("the output buffer holds {got} floats but the preprocessing writes {expected} (3 x {crop} x {crop})")]
+    OutputLength { expected: usize, got: usize, crop: u32 },
+    #[error("the image is empty ({width}x{height})")]
+    EmptyImage { width: u32, height: u32 },
+    #[error("invalid preprocessing: {0}")]
+    InvalidConfig(String),
+    #[error("resizing failed: {0}")]
+    Resize(String),
+}
+
+impl Preprocess {
+    /// Our default: shorter side 256, centre crop 224, ImageNet mean/std.
+    pub fn imagenet() -> Self {
+        Preprocess { resize: Resize::ShorterSide(256), crop: 224, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    }
+
+    /// The seed repository's protocol: squash to 256x256, crop 224, CIFAR-10 mean/std.
+    pub fn seed_protocol() -> Self {
+        Preprocess {
+            resize: Resize::Exact { width: 256, height: 256 },
+            crop: 224,
+            mean: CIFAR10_MEAN,
+            std: CIFAR10_STD,
+        }
+    }
+
+    /// Small grey images (Fashion-MNIST's 28x28): resize to `size` x `size` with no crop loss;
+    /// training augments with a padded random crop instead. Fashion-MNIST's statistics are
+    /// replicated on the three channels (the image is grey, so the channels are equal).
+    pub fn small(size: u32) -> Self {
+        Preprocess {
+            resize: Resize::Exact { width: size, height: size },
+            crop: size,
+            mean: [FASHION_MNIST_MEAN; 3],
+            std: [FASHION_MNIST_STD; 3],
+        }
+    }
+
+    /// Number of floats one image occupies: `3 * crop * crop`.
+    pub fn tensor_len(&self) -> usize {
+        3 * self.crop as usize * self.crop as usize
+    }
+
+    /// Checks the configuration: sizes positive, crop fits the resized image, std non-zero.
+    pub fn validate(&self) -> Result<(), PreprocessError> {
+        if self.crop == 0 {
+            return Err(PreprocessError::InvalidConfig("crop must be positive".into()));
+        }
+        match self.resize {
+            Resize::ShorterSide(side) if side < self.crop => {
+                return Err(PreprocessError::InvalidConfig(format!(
+                    "crop {} is larger than the shorter side {side}",
+                    self.crop
+                )));
+            }
+            Resize::Exact { width, height } if width < self.crop || height < self.crop => {
+                return Err(PreprocessError::InvalidConfig(format!(
+                    "crop {} does not fit the resized {width}x{height}",
+                    self.crop
+                )));
+            }
+            _ => {}
+        }
+        if self.std.iter().any(|s| !s.is_finite() || *s == 0.0) || self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(PreprocessError::InvalidConfig(format!(
+                "mean {:?} and std {:?} must be finite with non-zero std",
+                self.mean, self.std
+            )));
+        }
+        Ok(())
+    }
+
+    /// Size of the image after the resize step, before cropping.
+    pub fn resized_size(&self, width: u32, height: u32) -> (u32, u32) {
+        match self.resize {
+            Resize::Exact { width, height } => (width, height),
+            Resize::ShorterSide(side) => {
+                // Round the long side like torchvision (`int(side * long / short)` truncates;
+                // rounding is symmetric and differs by at most one pixel, outside the crop).
+                let scale = |long: u32, short: u32| -> u32 {
+                    ((u64::from(long) * u64::from(side) + u64::from(short) / 2) / u64::from(short)).max(1) as u32
+                };
+                if width <= height { (side, scale(height, width)) } else { (scale(width, height), side) }
+            }
+        }
+    }
+
+    /// Padding of the training-time random crop: when the resize leaves no room to crop (the
+    /// small-image mode), training pads by `crop / 8` on each side with black, as CIFAR recipes do.
+    pub fn train_padding(&self) -> u32 {
+        match self.resize {
+            Resize::Exact { width, height } if width == self.crop && height == self.crop => self.crop / 8,
+            _ => 0,
+        }
+    }
+
+    /// The evaluation transform: resize, centre crop, normalise, written as CHW into `out`.
+    /// Deterministic: the same image always gives the same floats.
+    pub fn eval_into(&self, image: &DynamicImage, out: &mut [f32]) -> Result<(), PreprocessError> {
+        self.check_output(out)?;
+        let resized = self.resize_rgb(image)?;
+        let (w, h) = resized.dimensions();
+        let left = (w - self.crop) / 2;
+        let top = (h - self.crop) / 2;
+        self.write_chw(&resized, left as i64, top as i64, false, out);
+        Ok(())
+    }
+
+    /// The training transform: resize, random crop (padded in small-image mode), horizontal flip
+    /// with probability 0.5, normalise, written as CHW into `out`. Every random choice comes
+    /// from `rng`, so a seeded generator reproduces the batch.
+    pub fn train_into(
+        &self,
+        image: &DynamicImage,
+        rng: &mut impl rand::Rng,
+        out: &mut [f32],
+    ) -> Result<(), PreprocessError> {
+        self.check_output(out)?;
+        let resized = self.resize_rgb(image)?;
+        let (w, h) = resized.dimensions();
+        let pad = i64::from(self.train_padding());
+        let max_left = i64::from(w - self.crop) + pad;
+        let max_top = i64::from(h - self.crop) + pad;
+        let left = rng.random_range(-pad..=max_left);
+        let top = rng.random_range(-pad..=max_top);
+        let flip = rng.random_bool(0.5);
+        self.write_chw(&resized, left, top, flip, out);
+        Ok(())
+    }
+
+    fn check_output(&self, out: &[f32]) -> Result<(), PreprocessError> {
+        self.validate()?;
+        if out.len() != self.tensor_len() {
+            return Err(PreprocessError::OutputLength { expected: self.tensor_len(), got: out.len(), crop: self.crop });
+        }
+        Ok(())
+    }
+
+    /// Converts to RGB8 (borrowing when it already is) and resizes with `fast_image_resize`'s
+    /// bilinear convolution (antialiased when downscaling, like PIL's `BILINEAR`).
+    fn resize_rgb(&self, image: &DynamicImage) -> Result<RgbImage, PreprocessError> {
+        let (width, height) = (image.width(), image.height());
+        if width == 0 || height == 0 {
+            return Err(PreprocessError::EmptyImage { width, height });
+        }
+        let rgb: Cow<'_, RgbImage> = match image {
+            DynamicImage::ImageRgb8(rgb) => Cow::Borrowed(rgb),
+            other => Cow::Owned(other.to_rgb8()),
+        };
+        let (target_w, target_h) = self.resized_size(width, height);
+        if (target_w, target_h) == (width, height) {
+            return Ok(rgb.into_owned());
+        }
+        let src = fr::images::ImageRef::new(width, height, rgb.as_raw(), fr::PixelType::U8x3)
+            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        let mut dst = fr::images::Image::new(target_w, target_h, fr::PixelType::U8x3);
+        let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+        fr::Resizer::new().resize(&src, &mut dst, &options).map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        RgbImage::from_raw(target_w, target_h, dst.into_vec())
+            .ok_or_else(|| PreprocessError::Resize("resized buffer has the wrong length".into()))
+    }
+
+    /// Writes the `crop x crop` window at (`left`, `top`) of `resized` as normalised CHW floats;
+    /// pixels outside the image (padding) are black. Normalisation goes through a 256-entry
+    /// table per channel: one lookup per value instead of a divide.
+    fn write_chw(&self, resized: &RgbImage, left: i64, top: i64, flip: bool, out: &mut [f32]) {
+        let mut table = [[0f32; 256]; 3];
+        for (c, channel) in table.iter_mut().enumerate() {
+            for (v, slot) in channel.iter_mut().enumerate() {
+                *slot = (v as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+        let crop = self.crop as usize;
+        let plane = crop * crop;
+        let (w, h) = (i64::from(resized.width()), i64::from(resized.height()));
+        let raw = resized.as_raw();
+        let (out_r, rest) = out.split_at_mut(plane);
+        let (out_g, out_b) = rest.split_at_mut(plane);
+        for y in 0..crop {
+            let sy = top + y as i64;
+            let row = y * crop;
+            for x in 0..crop {
+                let dx = if flip { crop - 1 - x } else { x };
+                let sx = left + x as i64;
+                let [r, g, b] = if (0..w).contains(&sx) && (0..h).contains(&sy) {
+                    let i = ((sy * w + sx) * 3) as usize;
+                    [raw[i], raw[i + 1], raw[i + 2]]
+                } else {
+                    [0, 0, 0]
+                };
+                out_r[row + dx] = table[0][r as usize];
+                out_g[row + dx] = table[1][g as usize];
+                out_b[row + dx] = table[2][b as usize];
+            }
+        }
+    }
+}
+
+/// Limits applied to untrusted image bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest `width * height` decoded; checked from the header before any pixel is decoded.
+    pub max_pixels: u64,
+    /// Largest encoded size accepted.
+    pub max_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_pixels: 40_000_000, max_bytes: 20 * 1024 * 1024 }
+    }
+}
+
+/// Why bytes could not be decoded into an image. Each variant maps to one HTTP status:
+/// `Empty`, `Corrupt` and `Truncated` to 400, `UnsupportedFormat` to 415, `TooManyPixels`,
+/// `MemoryLimit` and `TooManyBytes` to 413.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("the image is empty (zero bytes)")]
+    Empty,
+    #[error("the image is {len} bytes, more than the limit of {max} bytes")]
+    TooManyBytes { len: usize, max: usize },
+    #[error("unsupported image format: {detail} (accepted: JPEG, PNG, WebP, GIF, BMP, TIFF)")]
+    UnsupportedFormat { detail: String },
+    #[error("the image is {width}x{height} = {pixels} pixels, more than the limit of {max_pixels}")]
+    TooManyPixels { width: u32, height: u32, pixels: u64, max_pixels: u64 },
+    #[error("decoding the image would exceed the memory limit: {detail}")]
+    MemoryLimit { detail: String },
+    #[error("the {format} image is truncated: {detail}")]
+    Truncated { format: String, detail: String },
+    #[error("the {format} image is corrupt: {detail}")]
+    Corrupt { format: String, detail: String },
+}
+
+/// The formats we decode (the `image` features the workspace enables).
+fn accepted_format(format: ImageFormat) -> bool {
+    matches!(
+        format,
+        ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp
+            | ImageFormat::Tiff
+    )
+}
+
+/// Decodes untrusted bytes into an RGB8 image (see the module docs for the steps and checks).
+pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(DecodeError::TooManyBytes { len: bytes.len(), max: limits.max_bytes });
+    }
+    let format = image::guess_format(bytes)
+        .map_err(|_| DecodeError::UnsupportedFormat { detail: "unrecognised file signature".into() })?;
+    if !accepted_format(format) {
+        return Err(DecodeError::UnsupportedFormat { detail: format!("{format:?}") });
+    }
+    let name = format!("{format:?}").to_uppercase();
+    // A decoder is third-party code fed hostile bytes: a panic inside it becomes an error.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_checked(bytes, format, limits)));
+    let image = match decoded {
+        Ok(result) => result.map_err(|e| classify(e, &name, limits.max_pixels))?,
+        Err(_) => return Err(DecodeError::Corrupt { format: name, detail: "the decoder failed".into() }),
+    };
+    Ok(match image {
+        DynamicImage::ImageRgb8(_) => image,
+        other => DynamicImage::ImageRgb8(other.to_rgb8()),
+    })
+}
+
+/// The decoding failures, before they are classified for the caller.
+enum DecodeFailure {
+    TooManyPixels { width: u32, height: u32 },
+    Image(image::ImageError),
+}
+
+fn decode_checked(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Result<DynamicImage, DecodeFailure> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut decoder_limits = image::Limits::default();
+    // Room for the decoded image at up to 16 bytes per pixel (RGBA32F) plus the decoder's own
+    // buffers: a bound on memory even when a decoder's header check is lax.
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16).saturating_add(64 << 20));
+    reader.limits(decoder_limits);
+    let mut decoder = reader.into_decoder().map_err(DecodeFailure::Image)?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(DecodeFailure::TooManyPixels { width, height });
+    }
+    // A missing or unreadable EXIF block means "as stored", never a failed upload.
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(DecodeFailure::Image)?;
+    image.apply_orientation(orientation);
+    Ok(image)
+}
+
+fn classify(failure: DecodeFailure, format: &str, max_pixels: u64) -> DecodeError {
+    let format = format.to_string();
+    let image_error = match failure {
+        DecodeFailure::TooManyPixels { width, height } => {
+            let pixels = u64::from(width) * u64::from(height);
+            return DecodeError::TooManyPixels { width, height, pixels, max_pixels };
+        }
+        DecodeFailure::Image(e) => e,
+    };
+    let detail = image_error.to_string();
+    match image_error {
+        image::ImageError::IoError(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Truncated { format, detail }
+        }
+        image::ImageError::Unsupported(_) => DecodeError::UnsupportedFormat { detail: format!("{format}: {detail}") },
+        image::ImageError::Limits(_) => DecodeError::MemoryLimit { detail },
+        _ if looks_truncated(&detail) => DecodeError::Truncated { format, detail },
+        _ => DecodeError::Corrupt { format, detail },
+    }
+}
+
+/// Decoders report a premature end of data in their own words; recognise the usual ones so a
+/// cut-off upload is reported as truncated rather than corrupt.
+fn looks_truncated(detail: &str) -> bool {
+    let lower = detail.to_ascii_lowercase();
+    ["eof", "end of file", "unexpected end", "truncated", "not enough data", "no more bytes", "exhausted"]
+        .iter()
+        .any(|needle| lower.contains(needle))
+}
