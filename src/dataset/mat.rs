@@ -324,7 +324,10 @@ impl<'a> Reader<'a> {
         let complex = flag_word & 0x0800 != 0;
 
         let dims_element = sub.element(flags.next, end).map_err(rebase)?;
-        if dims_element.data_type != MI_INT32 || !dims_element.data.len().is_multiple_of(4) || dims_element.data.len() < 8 {
+        if dims_element.data_type != MI_INT32
+            || !dims_element.data.len().is_multiple_of(4)
+            || dims_element.data.len() < 8
+        {
             return Err(self.malformed(base + flags.next, "dimensions must be at least two miINT32 values"));
         }
         let mut dims = Vec::with_capacity(dims_element.data.len() / 4);
@@ -352,7 +355,7 @@ impl<'a> Reader<'a> {
                 // Each cell needs at least an 8-byte tag: refuse counts the data cannot hold
                 // before allocating for them.
                 if count > (end - at) / 8 {
-                    return Err(self.truncated(base + at, count * 8, end - at));
+                    return Err(self.truncated(base + at, count.saturating_mul(8), end - at));
                 }
                 let mut cells = Vec::with_capacity(count);
                 for _ in 0..count {
@@ -520,4 +523,162 @@ fn inflate(data: &[u8], offset: usize) -> Result<Vec<u8>, MatError> {
         return Err(MatError::Decompress { offset, message: "decompresses to more than 256 MiB".into() });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Hand-built files in the forms MATLAB itself writes and scipy does not: UTF-16 chars,
+    //! doubles stored as `miUINT8`, small data elements, big-endian byte order.
+
+    use super::*;
+
+    struct Writer {
+        big_endian: bool,
+    }
+
+    impl Writer {
+        fn u32(&self, v: u32) -> [u8; 4] {
+            if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() }
+        }
+
+        fn element(&self, data_type: u32, data: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            if data.len() <= 4 && data_type != MI_MATRIX && !data.is_empty() {
+                out.extend_from_slice(&self.u32(((data.len() as u32) << 16) | data_type));
+                out.extend_from_slice(data);
+                out.resize(8, 0);
+                return out;
+            }
+            out.extend_from_slice(&self.u32(data_type));
+            out.extend_from_slice(&self.u32(data.len() as u32));
+            out.extend_from_slice(data);
+            out.resize(8 + data.len().div_ceil(8) * 8, 0);
+            out
+        }
+
+        fn matrix(&self, class: u8, dims: &[u32], name: &str, body: &[Vec<u8>]) -> Vec<u8> {
+            let mut content = Vec::new();
+            let mut flags = self.u32(u32::from(class)).to_vec();
+            flags.extend_from_slice(&self.u32(0));
+            content.extend(self.element(MI_UINT32, &flags));
+            let dims: Vec<u8> = dims.iter().flat_map(|&d| self.u32(d)).collect();
+            content.extend(self.element(MI_INT32, &dims));
+            content.extend(self.element(MI_INT8, name.as_bytes()));
+            for part in body {
+                content.extend_from_slice(part);
+            }
+            self.element(MI_MATRIX, &content)
+        }
+
+        fn utf16(&self, text: &str) -> Vec<u8> {
+            let data: Vec<u8> = text
+                .encode_utf16()
+                .flat_map(|u| if self.big_endian { u.to_be_bytes() } else { u.to_le_bytes() })
+                .collect();
+            self.element(MI_UINT16, &data)
+        }
+
+        fn file(&self, elements: &[Vec<u8>]) -> Vec<u8> {
+            let mut out = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: test".to_vec();
+            out.resize(116, b' ');
+            out.resize(124, 0);
+            out.extend_from_slice(&if self.big_endian { 0x0100u16.to_be_bytes() } else { 0x0100u16.to_le_bytes() });
+            out.extend_from_slice(if self.big_endian { b"MI" } else { b"IM" });
+            for e in elements {
+                out.extend_from_slice(e);
+            }
+            out
+        }
+
+        fn matlab_style_list(&self) -> Vec<u8> {
+            let files = ["n02085620-Chihuahua/a.jpg", "n02085782-Japanese_spaniel/b.jpg", "x"];
+            let cells: Vec<Vec<u8>> = files
+                .iter()
+                .map(|f| self.matrix(MX_CHAR, &[1, f.encode_utf16().count() as u32], "", &[self.utf16(f)]))
+                .collect();
+            let file_list = self.matrix(MX_CELL, &[3, 1], "file_list", &cells);
+            // MATLAB stores small whole doubles compactly: class double, data miUINT8.
+            let labels = self.matrix(6, &[3, 1], "labels", &[self.element(MI_UINT8, &[1, 2, 120])]);
+            let mut singles = Vec::new();
+            for v in [0.5f32, -2.0] {
+                singles.extend_from_slice(&if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() });
+            }
+            let single = self.matrix(7, &[1, 2], "s", &[self.element(MI_SINGLE, &singles)]);
+            let empty_cell = self.matrix(MX_CELL, &[0, 0], "nothing", &[]);
+            let strukt = self.matrix(2, &[1, 1], "info", &[self.element(MI_INT32, &self.u32(32))]);
+            self.file(&[file_list, labels, single, empty_cell, strukt])
+        }
+    }
+
+    fn check_list(mat: &MatFile) {
+        let files: Vec<String> =
+            mat.get("file_list").unwrap().as_cells().unwrap().iter().map(|c| c.as_string().unwrap()).collect();
+        assert_eq!(files, ["n02085620-Chihuahua/a.jpg", "n02085782-Japanese_spaniel/b.jpg", "x"]);
+        assert_eq!(mat.get("labels").unwrap().as_f64s().unwrap(), [1.0, 2.0, 120.0]);
+        assert_eq!(mat.get("s").unwrap().as_f64s().unwrap(), [0.5, -2.0]);
+        assert_eq!(mat.get("nothing").unwrap().as_cells().unwrap().len(), 0);
+        assert!(matches!(mat.get("info"), Some(MatValue::Unsupported { class: 2, .. })));
+        assert!(mat.header_text.contains("GLNXA64"));
+    }
+
+    #[test]
+    fn reads_matlab_style_little_endian() {
+        let bytes = Writer { big_endian: false }.matlab_style_list();
+        check_list(&MatFile::parse(&bytes).unwrap());
+    }
+
+    #[test]
+    fn reads_matlab_style_big_endian() {
+        let bytes = Writer { big_endian: true }.matlab_style_list();
+        check_list(&MatFile::parse(&bytes).unwrap());
+    }
+
+    #[test]
+    fn reads_a_compressed_variable() {
+        use std::io::Write;
+        let w = Writer { big_endian: false };
+        let labels = w.matrix(6, &[1, 2], "labels", &[w.element(MI_UINT8, &[7, 9])]);
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(&labels).unwrap();
+        let compressed = zlib.finish().unwrap();
+        let mut element = w.u32(MI_COMPRESSED).to_vec();
+        element.extend_from_slice(&w.u32(compressed.len() as u32));
+        element.extend_from_slice(&compressed);
+        let mat = MatFile::parse(&w.file(&[element.clone()])).unwrap();
+        assert_eq!(mat.get("labels").unwrap().as_f64s().unwrap(), [7.0, 9.0]);
+
+        // Corrupt zlib data is reported as such.
+        let mut corrupt = element;
+        let len = corrupt.len();
+        corrupt[10..len - 4].iter_mut().for_each(|b| *b = 0xff);
+        let err = MatFile::parse(&w.file(&[corrupt])).unwrap_err();
+        assert!(
+            matches!(err, MatError::Decompress { .. } | MatError::Truncated { .. } | MatError::Malformed { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hostile_counts_are_refused_before_allocating() {
+        let w = Writer { big_endian: false };
+        // A cell claiming 2^31 x 2^31 cells with no data, and a char array whose length disagrees.
+        let huge = w.matrix(MX_CELL, &[i32::MAX as u32, i32::MAX as u32], "c", &[]);
+        assert!(MatFile::parse(&w.file(&[huge])).is_err());
+        let short = w.matrix(MX_CHAR, &[1, 10], "t", &[w.utf16("abc")]);
+        let err = MatFile::parse(&w.file(&[short])).unwrap_err().to_string();
+        assert!(err.contains("3 characters"), "{err}");
+        let negative = w.matrix(6, &[1, u32::MAX], "n", &[]);
+        assert!(MatFile::parse(&w.file(&[negative])).unwrap_err().to_string().contains("negative"));
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let w = Writer { big_endian: false };
+        let mut value = w.matrix(6, &[1, 1], "", &[w.element(MI_UINT8, &[1])]);
+        for _ in 0..(MAX_DEPTH + 5) {
+            value = w.matrix(MX_CELL, &[1, 1], "", &[value]);
+        }
+        let err = MatFile::parse(&w.file(&[value])).unwrap_err().to_string();
+        assert!(err.contains("nested"), "{err}");
+    }
 }
