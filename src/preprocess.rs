@@ -155,11 +155,12 @@ impl Preprocess {
     /// Deterministic: the same image always gives the same floats.
     pub fn eval_into(&self, image: &DynamicImage, out: &mut [f32]) -> Result<(), PreprocessError> {
         self.check_output(out)?;
-        let resized = self.resize_rgb(image)?;
-        let (w, h) = resized.dimensions();
-        let left = (w - self.crop) / 2;
-        let top = (h - self.crop) / 2;
-        self.write_chw(&resized, left as i64, top as i64, false, out);
+        let rgb = as_rgb8(image)?;
+        let (w, h) = self.resized_size(rgb.width(), rgb.height());
+        let window =
+            Window { left: (w - self.crop) / 2, top: (h - self.crop) / 2, width: self.crop, height: self.crop };
+        let pixels = resize_window(&rgb, (w, h), window)?;
+        self.write_chw(&pixels, 0, 0, false, out);
         Ok(())
     }
 
@@ -173,15 +174,23 @@ impl Preprocess {
         out: &mut [f32],
     ) -> Result<(), PreprocessError> {
         self.check_output(out)?;
-        let resized = self.resize_rgb(image)?;
-        let (w, h) = resized.dimensions();
+        let rgb = as_rgb8(image)?;
+        let (w, h) = self.resized_size(rgb.width(), rgb.height());
         let pad = i64::from(self.train_padding());
         let max_left = i64::from(w - self.crop) + pad;
         let max_top = i64::from(h - self.crop) + pad;
         let left = rng.random_range(-pad..=max_left);
         let top = rng.random_range(-pad..=max_top);
         let flip = rng.random_bool(0.5);
-        self.write_chw(&resized, left, top, flip, out);
+        if pad == 0 {
+            // Without padding the crop lies inside the resized image: resize only that window.
+            let window = Window { left: left as u32, top: top as u32, width: self.crop, height: self.crop };
+            let pixels = resize_window(&rgb, (w, h), window)?;
+            self.write_chw(&pixels, 0, 0, flip, out);
+        } else {
+            let pixels = resize_window(&rgb, (w, h), Window { left: 0, top: 0, width: w, height: h })?;
+            self.write_chw(&pixels, left, top, flip, out);
+        }
         Ok(())
     }
 
@@ -191,30 +200,6 @@ impl Preprocess {
             return Err(PreprocessError::OutputLength { expected: self.tensor_len(), got: out.len(), crop: self.crop });
         }
         Ok(())
-    }
-
-    /// Converts to RGB8 (borrowing when it already is) and resizes with `fast_image_resize`'s
-    /// bilinear convolution (antialiased when downscaling, like PIL's `BILINEAR`).
-    fn resize_rgb(&self, image: &DynamicImage) -> Result<RgbImage, PreprocessError> {
-        let (width, height) = (image.width(), image.height());
-        if width == 0 || height == 0 {
-            return Err(PreprocessError::EmptyImage { width, height });
-        }
-        let rgb: Cow<'_, RgbImage> = match image {
-            DynamicImage::ImageRgb8(rgb) => Cow::Borrowed(rgb),
-            other => Cow::Owned(other.to_rgb8()),
-        };
-        let (target_w, target_h) = self.resized_size(width, height);
-        if (target_w, target_h) == (width, height) {
-            return Ok(rgb.into_owned());
-        }
-        let src = fr::images::ImageRef::new(width, height, rgb.as_raw(), fr::PixelType::U8x3)
-            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-        let mut dst = fr::images::Image::new(target_w, target_h, fr::PixelType::U8x3);
-        let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-        fr::Resizer::new().resize(&src, &mut dst, &options).map_err(|e| PreprocessError::Resize(e.to_string()))?;
-        RgbImage::from_raw(target_w, target_h, dst.into_vec())
-            .ok_or_else(|| PreprocessError::Resize("resized buffer has the wrong length".into()))
     }
 
     /// Writes the `crop x crop` window at (`left`, `top`) of `resized` as normalised CHW floats;
@@ -251,6 +236,60 @@ impl Preprocess {
             }
         }
     }
+}
+
+/// A rectangle of the resized image, in resized-image pixels.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    left: u32,
+    top: u32,
+    width: u32,
+    height: u32,
+}
+
+/// The image as RGB8, borrowed when it already is.
+fn as_rgb8(image: &DynamicImage) -> Result<Cow<'_, RgbImage>, PreprocessError> {
+    let (width, height) = (image.width(), image.height());
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::EmptyImage { width, height });
+    }
+    Ok(match image {
+        DynamicImage::ImageRgb8(rgb) => Cow::Borrowed(rgb),
+        other => Cow::Owned(other.to_rgb8()),
+    })
+}
+
+/// The `window` of `rgb` resized to `resized`, computed without the rest of the resized image.
+///
+/// `fast_image_resize`'s bilinear convolution (antialiased when downscaling, like PIL's
+/// `BILINEAR` and torchvision's default) on a fractional source crop box gives the same pixels
+/// as resizing the whole image and cropping afterwards: each output pixel's filter is centred
+/// at the same source position and reads source pixels outside the box too (the kernel is
+/// clamped to the image, not to the box). The centre crop of a 500x375 photo thus resizes
+/// 224x224 pixels instead of 341x256.
+fn resize_window(rgb: &RgbImage, resized: (u32, u32), window: Window) -> Result<RgbImage, PreprocessError> {
+    let (width, height) = rgb.dimensions();
+    if resized == (width, height) {
+        if (window.left, window.top, window.width, window.height) == (0, 0, width, height) {
+            return Ok(rgb.clone());
+        }
+        return Ok(image::imageops::crop_imm(rgb, window.left, window.top, window.width, window.height).to_image());
+    }
+    let resize_error = |e: &dyn std::fmt::Display| PreprocessError::Resize(e.to_string());
+    let src =
+        fr::images::ImageRef::new(width, height, rgb.as_raw(), fr::PixelType::U8x3).map_err(|e| resize_error(&e))?;
+    let mut dst = fr::images::Image::new(window.width, window.height, fr::PixelType::U8x3);
+    let scale_x = f64::from(width) / f64::from(resized.0);
+    let scale_y = f64::from(height) / f64::from(resized.1);
+    let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear)).crop(
+        f64::from(window.left) * scale_x,
+        f64::from(window.top) * scale_y,
+        f64::from(window.width) * scale_x,
+        f64::from(window.height) * scale_y,
+    );
+    fr::Resizer::new().resize(&src, &mut dst, &options).map_err(|e| resize_error(&e))?;
+    RgbImage::from_raw(window.width, window.height, dst.into_vec())
+        .ok_or_else(|| PreprocessError::Resize("resized buffer has the wrong length".into()))
 }
 
 /// Limits applied to untrusted image bytes.
@@ -381,4 +420,31 @@ fn looks_truncated(detail: &str) -> bool {
     ["eof", "end of file", "unexpected end", "truncated", "not enough data", "no more bytes", "exhausted"]
         .iter()
         .any(|needle| lower.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 7 + y * 3) as u8, (x * y % 251) as u8, ((x / 3) ^ (y / 2)) as u8])
+        })
+    }
+
+    /// Resizing only a window equals resizing everything and cropping afterwards.
+    #[test]
+    fn window_resize_equals_full_resize_then_crop() {
+        for ((w, h), resized) in [((500, 375), (341, 256)), ((333, 517), (256, 397)), ((64, 48), (256, 256))] {
+            let rgb = pattern(w, h);
+            let full =
+                resize_window(&rgb, resized, Window { left: 0, top: 0, width: resized.0, height: resized.1 }).unwrap();
+            for (left, top) in [(0, 0), (resized.0 - 224, resized.1 - 224), ((resized.0 - 224) / 2, 13)] {
+                let window = resize_window(&rgb, resized, Window { left, top, width: 224, height: 224 }).unwrap();
+                let cropped = image::imageops::crop_imm(&full, left, top, 224, 224).to_image();
+                let worst = window.as_raw().iter().zip(cropped.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+                assert!(worst <= 1, "{w}x{h} -> {resized:?} at ({left}, {top}): differs by {worst}");
+            }
+        }
+    }
 }
