@@ -78,8 +78,9 @@ fn main() {
 
     // 1. The resize alone, 500x375 -> 341x256 (shorter side 256), both bilinear.
     let ours = median_micros(50, 15, || {
-        let src = fast_image_resize::images::ImageRef::new(500, 375, photo_rgb.as_raw(), fast_image_resize::PixelType::U8x3)
-            .unwrap();
+        let src =
+            fast_image_resize::images::ImageRef::new(500, 375, photo_rgb.as_raw(), fast_image_resize::PixelType::U8x3)
+                .unwrap();
         let mut dst = fast_image_resize::images::Image::new(341, 256, fast_image_resize::PixelType::U8x3);
         let options = fast_image_resize::ResizeOptions::new()
             .resize_alg(fast_image_resize::ResizeAlg::Convolution(fast_image_resize::FilterType::Bilinear));
