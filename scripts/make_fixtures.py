@@ -13,7 +13,7 @@ change them). Deterministic: fixed seeds, no timestamps in the outputs that test
   double column, 1-based): lists/{train,test,file}_list.mat compressed (MATLAB's default) and
   uncompressed/{train,test}_list.mat without compression.
 - tests/fixtures/folder/: a folder per class (3 classes, JPEG and PNG).
-- tests/fixtures/preprocess/: JPEGs with an EXIF orientation tag, a CMYK JPEG, a 16-bit grey PNG
+- tests/fixtures/preprocess/: JPEGs with an EXIF orientation tag, a progressive and a CMYK JPEG, a 16-bit grey PNG
   and an RGBA PNG, for the decoder tests.
 
 Needs numpy, scipy (in .venv) and Pillow (installed into .venv by this script if missing).
@@ -138,6 +138,8 @@ def make_preprocess():
         Image.fromarray(stored, "RGB").save(os.path.join(root, f"orientation{orientation}.jpg"), quality=95, exif=exif)
     # The same pixels without a tag.
     Image.fromarray(stored, "RGB").save(os.path.join(root, "orientation1.jpg"), quality=95)
+    # A progressive JPEG (several scans with tables between them).
+    Image.fromarray(stored, "RGB").save(os.path.join(root, "progressive.jpg"), quality=90, progressive=True)
     # CMYK JPEG of a uniform orange-ish colour.
     Image.new("CMYK", (16, 12), (0, 128, 255, 0)).save(os.path.join(root, "cmyk.jpg"), quality=95)
     # 16-bit grey PNG: a horizontal ramp.

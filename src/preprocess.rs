@@ -355,6 +355,13 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage,
         return Err(DecodeError::UnsupportedFormat { detail: format!("{format:?}") });
     }
     let name = format!("{format:?}").to_uppercase();
+    // The JPEG decoder fills a cut-off scan with grey instead of failing: check the structure.
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(DecodeError::Truncated {
+            format: name,
+            detail: "the data ends before the end-of-image marker".into(),
+        });
+    }
     // A decoder is third-party code fed hostile bytes: a panic inside it becomes an error.
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_checked(bytes, format, limits)));
     let image = match decoded {
@@ -410,6 +417,51 @@ fn classify(failure: DecodeFailure, format: &str, max_pixels: u64) -> DecodeErro
         image::ImageError::Limits(_) => DecodeError::MemoryLimit { detail },
         _ if looks_truncated(&detail) => DecodeError::Truncated { format, detail },
         _ => DecodeError::Corrupt { format, detail },
+    }
+}
+
+/// Whether a JPEG's segments and entropy-coded scans run through to the end-of-image marker.
+///
+/// Walks the marker segments by their lengths (so thumbnails inside APP1 are skipped) and each
+/// scan up to the next marker (inside a scan 0xFF is followed by a stuffed 0x00 or a restart
+/// marker). Any structure this walk does not understand counts as complete: the decoder judges.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let len = bytes.len();
+    let mut i = 2; // after SOI
+    loop {
+        if i >= len {
+            return false;
+        }
+        if bytes[i] != 0xFF {
+            return true;
+        }
+        while i < len && bytes[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else { return false };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {
+                let Some(segment) = bytes.get(i..i + 2) else { return false };
+                i += usize::from(u16::from_be_bytes([segment[0], segment[1]]));
+                if marker == 0xDA {
+                    // Entropy-coded data: find the next real marker.
+                    loop {
+                        let Some(offset) = bytes.get(i..).and_then(|rest| rest.iter().position(|&b| b == 0xFF)) else {
+                            return false;
+                        };
+                        i += offset;
+                        match bytes.get(i + 1) {
+                            None => return false,
+                            Some(0x00 | 0xD0..=0xD7) => i += 2,
+                            Some(_) => break,
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

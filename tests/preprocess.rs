@@ -293,10 +293,24 @@ fn bad_bytes_get_distinct_errors() {
     let png = encode(&synthetic(64, 48), ImageFormat::Png);
     let err = decode(&png[..png.len() / 2]).unwrap_err();
     assert!(matches!(err, DecodeError::Truncated { .. }), "half a PNG: {err:?}");
-    let jpeg = encode(&synthetic(64, 48), ImageFormat::Jpeg);
-    // A JPEG cut inside its header.
-    let err = decode(&jpeg[..40]).unwrap_err();
-    assert!(matches!(err, DecodeError::Truncated { .. } | DecodeError::Corrupt { .. }), "{err:?}");
+    // The JPEG decoder would fill a cut-off scan with grey; every cut must still be refused.
+    for name in ["orientation6.jpg", "cmyk.jpg", "progressive.jpg"] {
+        let jpeg = fixture_bytes(name);
+        decode(&jpeg).unwrap();
+        for cut in 4..jpeg.len() {
+            let err = decode(&jpeg[..cut]).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Truncated { .. } | DecodeError::Corrupt { .. }),
+                "{name} cut at {cut}: {err:?}"
+            );
+        }
+        // Bytes after the end-of-image marker (cameras append some) are fine.
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(&[0u8; 100]);
+        decode(&trailing).unwrap();
+    }
+    let progressive_like = encode(&synthetic(300, 200), ImageFormat::Jpeg);
+    assert!(matches!(decode(&progressive_like[..progressive_like.len() - 2]), Err(DecodeError::Truncated { .. })));
 }
 
 #[test]
