@@ -9,6 +9,18 @@
 //!   antialiased convolution as in PIL/torchvision, done by `fast_image_resize`), square crop
 //!   (centre for evaluation, random plus horizontal flip for training) and per-channel
 //!   `(x / 255 - mean) / std`.
+//!
+//! ```
+//! use hashsrv::preprocess::{DecodeError, DecodeLimits, Preprocess, decode_image};
+//!
+//! let p = Preprocess::imagenet();
+//! let image = image::DynamicImage::new_rgb8(500, 375);
+//! let mut tensor = vec![0f32; p.tensor_len()]; // 3 x 224 x 224, CHW
+//! p.eval_into(&image, &mut tensor)?;
+//! assert!((tensor[0] - (0.0 - 0.485) / 0.229).abs() < 1e-6); // black, normalised
+//! assert_eq!(decode_image(b"", &DecodeLimits::default()).unwrap_err(), DecodeError::Empty);
+//! # Ok::<(), hashsrv::preprocess::PreprocessError>(())
+//! ```
 
 use std::borrow::Cow;
 use std::io::Cursor;

@@ -6,6 +6,20 @@
 //! [`Split::Train`] (the retrieval database) and [`Split::Test`] (the queries), plus a seeded,
 //! stratified [`Split::Val`] carved from Train for model selection and its complement
 //! [`Split::Fit`] (what the optimiser sees). Labels are 0-based; class names are kept.
+//!
+//! ```no_run
+//! use hashsrv::dataset::{Dataset, DatasetKind, OpenOptions, Split};
+//!
+//! let kind: DatasetKind = "fashion-mnist".parse()?;
+//! let data = Dataset::open_default(kind, &OpenOptions { seed: 7, ..OpenOptions::default() })?;
+//! let preprocess = kind.default_preprocess();
+//! let mut tensor = vec![0f32; preprocess.tensor_len()];
+//! for item in &data.split(Split::Val)[..10] {
+//!     preprocess.eval_into(&item.load()?, &mut tensor)?;
+//!     println!("{} is a {}", item.path, data.class_names()[item.label as usize]);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod cub;
 mod dogs;
@@ -488,6 +502,15 @@ mod tests {
         }
         assert_eq!(serde_json::from_str::<DatasetKind>("\"CUB\"").unwrap(), DatasetKind::Cub);
         assert!("imagenet".parse::<DatasetKind>().is_err());
+    }
+
+    #[test]
+    fn items_and_data_sets_cross_threads() {
+        fn send_sync<T: Send + Sync + Clone>() {}
+        send_sync::<Item>();
+        send_sync::<Dataset>();
+        fn error<T: std::error::Error + Send + Sync + 'static>() {}
+        error::<DatasetError>();
     }
 
     #[test]
