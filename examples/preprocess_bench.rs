@@ -46,7 +46,9 @@ fn reference_eval(p: &Preprocess, image: &RgbImage, out: &mut [f32]) {
     let (w, h) = p.resized_size(image.width(), image.height());
     let resized = image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
     let crop = p.crop;
-    let (left, top) = ((w - crop) / 2, (h - crop) / 2);
+    // torchvision's centre: int(round((size - crop) / 2.0)), halves to even.
+    let centre = |size: u32| ((f64::from(size - crop) / 2.0).round_ties_even()) as u32;
+    let (left, top) = (centre(w), centre(h));
     for c in 0..3 {
         for y in 0..crop {
             for x in 0..crop {

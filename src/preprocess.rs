@@ -144,10 +144,9 @@ impl Preprocess {
         match self.resize {
             Resize::Exact { width, height } => (width, height),
             Resize::ShorterSide(side) => {
-                // Round the long side like torchvision (`int(side * long / short)` truncates;
-                // rounding is symmetric and differs by at most one pixel, outside the crop).
+                // The long side as torchvision computes it: `int(side * long / short)`, truncated.
                 let scale = |long: u32, short: u32| -> u32 {
-                    ((u64::from(long) * u64::from(side) + u64::from(short) / 2) / u64::from(short)).max(1) as u32
+                    (u64::from(long) * u64::from(side) / u64::from(short)).clamp(1, u64::from(u32::MAX)) as u32
                 };
                 if width <= height { (side, scale(height, width)) } else { (scale(width, height), side) }
             }
@@ -169,8 +168,12 @@ impl Preprocess {
         self.check_output(out)?;
         let rgb = as_rgb8(image)?;
         let (w, h) = self.resized_size(rgb.width(), rgb.height());
-        let window =
-            Window { left: (w - self.crop) / 2, top: (h - self.crop) / 2, width: self.crop, height: self.crop };
+        let window = Window {
+            left: centre_offset(w, self.crop),
+            top: centre_offset(h, self.crop),
+            width: self.crop,
+            height: self.crop,
+        };
         let pixels = resize_window(&rgb, (w, h), window)?;
         self.write_chw(&pixels, 0, 0, false, out);
         Ok(())
@@ -248,6 +251,14 @@ impl Preprocess {
             }
         }
     }
+}
+
+/// Offset of a centred crop as torchvision's `center_crop` computes it:
+/// `int(round((size - crop) / 2.0))`, where Python rounds halves to even.
+fn centre_offset(size: u32, crop: u32) -> u32 {
+    let diff = size - crop;
+    let half = diff / 2;
+    if diff % 2 == 1 && half % 2 == 1 { half + 1 } else { half }
 }
 
 /// A rectangle of the resized image, in resized-image pixels.
@@ -494,6 +505,16 @@ mod tests {
         RgbImage::from_fn(width, height, |x, y| {
             image::Rgb([(x * 7 + y * 3) as u8, (x * y % 251) as u8, ((x / 3) ^ (y / 2)) as u8])
         })
+    }
+
+    #[test]
+    fn centre_offset_rounds_halves_to_even_like_python() {
+        // Python: round(58.5) = 58, round(86.5) = 86, round(87.5) = 88, round(3.0) = 3.
+        assert_eq!(centre_offset(341, 224), 58);
+        assert_eq!(centre_offset(397, 224), 86);
+        assert_eq!(centre_offset(399, 224), 88);
+        assert_eq!(centre_offset(230, 224), 3);
+        assert_eq!(centre_offset(224, 224), 0);
     }
 
     /// Resizing only a window equals resizing everything and cropping afterwards.

@@ -40,7 +40,9 @@ fn reference_eval(p: &Preprocess, image: &RgbImage) -> Vec<f32> {
     let (w, h) = p.resized_size(image.width(), image.height());
     let resized = image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
     let crop = p.crop;
-    let (left, top) = ((w - crop) / 2, (h - crop) / 2);
+    // torchvision's centre: int(round((size - crop) / 2.0)), halves to even.
+    let centre = |size: u32| ((f64::from(size - crop) / 2.0).round_ties_even()) as u32;
+    let (left, top) = (centre(w), centre(h));
     let mut out = vec![0f32; p.tensor_len()];
     for c in 0..3 {
         for y in 0..crop {
@@ -58,6 +60,9 @@ fn eval_matches_the_image_crate_reference() {
     for (p, (w, h)) in [
         (Preprocess::imagenet(), (500, 375)),
         (Preprocess::imagenet(), (300, 600)),
+        // No resize; the centre offset (399 - 224) / 2 = 87.5 rounds to 88 as in torchvision.
+        (Preprocess::imagenet(), (399, 256)),
+        (Preprocess::imagenet(), (1024, 683)),
         (Preprocess::seed_protocol(), (500, 375)),
         (Preprocess::small(32), (28, 28)),
     ] {
@@ -68,9 +73,10 @@ fn eval_matches_the_image_crate_reference() {
         let diffs: Vec<f32> = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).collect();
         let max = diffs.iter().cloned().fold(0f32, f32::max);
         let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
-        // One grey level is 1/255/std ~ 0.017 in normalised units: allow a few levels at worst
-        // (the two resizers round differently), and much less on average.
-        assert!(max < 0.1 && mean < 0.02, "{p:?} on {w}x{h}: max {max}, mean {mean}");
+        eprintln!("{:?} on {w}x{h}: max {max:.4}, mean {mean:.5}", p.resize);
+        // One grey level is 1/255/std, at most 0.0195 here: the two bilinear resizers may round
+        // a value differently by one level, rarely (the mean stays far below one level).
+        assert!(max < 0.025 && mean < 0.003, "{p:?} on {w}x{h}: max {max}, mean {mean}");
     }
 }
 
