@@ -324,6 +324,19 @@ fn folder_split_file_assigns_and_reports_bad_lines() {
 }
 
 #[test]
+fn folder_follows_linked_classes_but_not_link_cycles() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir(&root).unwrap();
+    std::os::unix::fs::symlink(fixture("folder/apples"), root.join("apples")).unwrap();
+    copy_dir(&fixture("folder/bananas"), &root.join("bananas"));
+    std::os::unix::fs::symlink(&root, root.join("bananas/loop")).unwrap();
+    let data = Dataset::open(DatasetKind::Folder, &root, &OpenOptions::default()).unwrap();
+    assert_eq!(data.class_names(), ["apples", "bananas"]);
+    assert_eq!(data.split(Split::Train).len() + data.split(Split::Test).len(), 10);
+}
+
+#[test]
 fn folder_without_images_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("empty_class")).unwrap();

@@ -72,7 +72,9 @@ pub(super) fn open(root: &Path, seed: u64) -> Result<RawDataset, DatasetError> {
     Ok(RawDataset { root: root.to_path_buf(), class_names, train, test })
 }
 
-/// Image files under `dir`, as `/`-separated paths relative to `root`.
+/// Image files under `dir`, as `/`-separated paths relative to `root`. Class folders and image
+/// files may be symbolic links; sub-folders are followed only when they are real folders, so a
+/// link cycle cannot recurse forever.
 fn collect_images(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), DatasetError> {
     for entry in std::fs::read_dir(dir).map_err(|e| DatasetError::io(dir, e))? {
         let entry = entry.map_err(|e| DatasetError::io(dir, e))?;
@@ -80,9 +82,10 @@ fn collect_images(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), 
             continue;
         }
         let path = entry.path();
-        if path.is_dir() {
+        let file_type = entry.file_type().map_err(|e| DatasetError::io(&path, e))?;
+        if file_type.is_dir() {
             collect_images(root, &path, out)?;
-        } else if is_image(&path) {
+        } else if is_image(&path) && path.is_file() {
             let relative = path.strip_prefix(root).unwrap_or(&path);
             let parts: Option<Vec<&str>> = relative.components().map(|c| c.as_os_str().to_str()).collect();
             let parts = parts.ok_or_else(|| DatasetError::invalid(&path, None, "file name is not valid UTF-8"))?;

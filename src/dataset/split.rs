@@ -149,6 +149,38 @@ mod tests {
         assert_eq!(stratified_subset(&labels, 1000, 3).len(), labels.len());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, rng_seed: proptest::test_runner::RngSeed::Fixed(20261128), ..Default::default() })]
+
+        /// For any labels: the hold-out has the promised size, leaves every class in the
+        /// complement, and is a function of the seed.
+        #[test]
+        fn holdout_invariants(labels in proptest::collection::vec(0u32..12, 0..300), fraction in 0.0f32..0.95, seed in 0u64..1000) {
+            let held = stratified_holdout(&labels, fraction, seed);
+            proptest::prop_assert_eq!(held.len(), labels.len());
+            let mut counts = std::collections::BTreeMap::new();
+            for (&l, &h) in labels.iter().zip(&held) {
+                let entry = counts.entry(l).or_insert((0usize, 0usize));
+                entry.0 += 1;
+                entry.1 += usize::from(h);
+            }
+            let capacity: usize = counts.values().map(|(n, _)| n - 1).sum();
+            let wanted = ((fraction as f64) * labels.len() as f64).round() as usize;
+            proptest::prop_assert_eq!(held.iter().filter(|&&h| h).count(), wanted.min(capacity));
+            for (n, h) in counts.values() {
+                proptest::prop_assert!(h < n, "a class lost all its items");
+            }
+            proptest::prop_assert_eq!(held, stratified_holdout(&labels, fraction, seed));
+        }
+
+        #[test]
+        fn subset_invariants(labels in proptest::collection::vec(0u32..12, 0..300), limit in 0usize..400, seed in 0u64..1000) {
+            let subset = stratified_subset(&labels, limit, seed);
+            proptest::prop_assert_eq!(subset.len(), limit.min(labels.len()));
+            proptest::prop_assert!(subset.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
     #[test]
     fn allocate_uses_largest_remainders() {
         // 10 over 3, 3, 4 of 10 -> exact: 3, 3, 4.
