@@ -271,8 +271,9 @@ fn png_bomb(width: u32, height: u32) -> Vec<u8> {
 
 #[test]
 fn pixel_limit_refuses_before_decoding() {
+    let bomb = png_bomb(100_000, 100_000);
     let start = std::time::Instant::now();
-    let err = decode(&png_bomb(100_000, 100_000)).unwrap_err();
+    let err = decode(&bomb).unwrap_err();
     assert_eq!(
         err,
         DecodeError::TooManyPixels { width: 100_000, height: 100_000, pixels: 10_000_000_000, max_pixels: 40_000_000 }
