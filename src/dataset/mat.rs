@@ -276,6 +276,13 @@ impl<'a> Reader<'a> {
             if self.bytes[offset..].iter().all(|&b| b == 0) {
                 break;
             }
+            // Compressed elements are unpadded, but some writers pad them anyway: a zero word
+            // where a tag should be (no data type is 0) is padding up to the 8-byte boundary.
+            let aligned = offset.next_multiple_of(8);
+            if aligned != offset && self.bytes.get(offset..offset + 4) == Some(&[0, 0, 0, 0]) {
+                offset = aligned;
+                continue;
+            }
             let element = self.element(offset, end)?;
             match element.data_type {
                 MI_MATRIX => {
@@ -646,6 +653,15 @@ mod tests {
         element.extend_from_slice(&compressed);
         let mat = MatFile::parse(&w.file(&[element.clone()])).unwrap();
         assert_eq!(mat.get("labels").unwrap().as_f64s().unwrap(), [7.0, 9.0]);
+
+        // Two compressed variables, unpadded as scipy and MATLAB write them, then padded.
+        let mut padded = element.clone();
+        padded.resize(padded.len().next_multiple_of(8), 0);
+        assert_ne!(padded.len(), element.len(), "the fixture must need padding to test it");
+        for first in [element.clone(), padded] {
+            let mat = MatFile::parse(&w.file(&[first, element.clone()])).unwrap();
+            assert_eq!(mat.variables.len(), 2);
+        }
 
         // Corrupt zlib data is reported as such.
         let mut corrupt = element;
