@@ -357,4 +357,6 @@ fn limits_take_stratified_subsets() {
     };
     assert_eq!(count(Split::Train), [2, 2, 2]);
     assert_eq!(count(Split::Test), [1, 1, 1]);
+    assert_eq!(data.class_counts(Split::Train), count(Split::Train));
+    assert_eq!(data.class_counts(Split::Test), count(Split::Test));
 }

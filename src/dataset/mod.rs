@@ -423,6 +423,17 @@ impl Dataset {
         self.split(split).iter().find(|item| item.path == path)
     }
 
+    /// Number of items of each class in `split`, indexed by label.
+    pub fn class_counts(&self, split: Split) -> Vec<usize> {
+        let mut counts = vec![0; self.class_names.len()];
+        for item in self.split(split) {
+            if let Some(count) = counts.get_mut(item.label as usize) {
+                *count += 1;
+            }
+        }
+        counts
+    }
+
     /// Images left out because they could not be read (only with `skip_unreadable`).
     pub fn skipped(&self) -> &[Skipped] {
         &self.skipped
