@@ -164,7 +164,7 @@ fn random_rotation(c: usize, seed: u64) -> DMatrix<f64> {
 }
 
 fn rows(features: &[f32], dim: usize) -> Result<usize, BaselineError> {
-    if dim == 0 || features.len() % dim != 0 {
+    if dim == 0 || !features.len().is_multiple_of(dim) {
         return Err(BaselineError::RaggedFeatures { len: features.len(), dim });
     }
     Ok(features.len() / dim)

@@ -176,7 +176,7 @@ impl<'a> CodeMatrix<'a> {
     /// Wraps `words` as codes of `bits` bits. Panics if the length is not a whole number of codes.
     pub fn new(bits: u32, words: &'a [u64]) -> Self {
         let words_per_code = words_for_bits(bits);
-        assert!(words.len() % words_per_code == 0, "word count is not a whole number of codes");
+        assert!(words.len().is_multiple_of(words_per_code), "word count is not a whole number of codes");
         Self { bits, words_per_code, words }
     }
 
