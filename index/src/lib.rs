@@ -4,5 +4,6 @@
 
 pub mod code;
 pub mod hamming;
+pub mod metrics;
 
 pub use code::{CodeError, CodeMatrix, HashCode};
