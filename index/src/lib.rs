@@ -5,5 +5,6 @@
 pub mod code;
 pub mod hamming;
 pub mod metrics;
+pub mod npy;
 
 pub use code::{CodeError, CodeMatrix, HashCode};
