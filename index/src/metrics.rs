@@ -448,7 +448,7 @@ impl Cutoffs {
 }
 
 /// A relevant database item seen during the scan.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Relevant {
     distance: u32,
     /// 1-based ordinal among all items at this distance, in position order.
@@ -470,7 +470,9 @@ struct Worker<'a> {
     /// Items / relevant items at smaller distances.
     before: Vec<u32>,
     relevant_before: Vec<u32>,
+    /// The relevant items of the last scan are `items[..found]`; the rest is scratch.
     items: Vec<Relevant>,
+    found: usize,
     /// Per distinct k: relevant items ranked exactly in `(k_{i-1}, k_i]` and their precision sum.
     k_found: Vec<u32>,
     k_precision: Vec<f64>,
@@ -489,6 +491,7 @@ impl<'a> Worker<'a> {
             before: vec![0; buckets],
             relevant_before: vec![0; buckets],
             items: Vec::new(),
+            found: 0,
             k_found: vec![0; cutoffs.ks.len()],
             k_precision: vec![0.0; cutoffs.ks.len()],
             sums: Sums::new(config, bits),
@@ -497,7 +500,7 @@ impl<'a> Worker<'a> {
 
     fn query(&mut self, database: CodeMatrix<'_>, database_labels: &[u32], query: &[u64], label: u32) {
         self.scan(database, database_labels, query, label);
-        let total_relevant = self.items.len();
+        let total_relevant = self.found;
         if total_relevant == 0 {
             self.sums.excluded += 1;
             return;
@@ -530,24 +533,23 @@ impl<'a> Worker<'a> {
     fn scan(&mut self, database: CodeMatrix<'_>, database_labels: &[u32], query: &[u64], label: u32) {
         self.count.fill(0);
         self.relevant.fill(0);
-        self.items.clear();
-        let codes = database.words().chunks_exact(database.words_per_code());
-        for (code, &db_label) in codes.zip(database_labels) {
-            let d = distance(query, code) as usize;
-            self.count[d] += 1;
-            if is_relevant(label, db_label) {
-                self.relevant[d] += 1;
-                self.items.push(Relevant {
-                    distance: d as u32,
-                    within: self.count[d],
-                    relevant_within: self.relevant[d],
-                });
-            }
+        if self.items.len() < database_labels.len() {
+            self.items.resize(database_labels.len(), Relevant::default());
         }
+        let pass = Pass {
+            database,
+            database_labels,
+            query,
+            label,
+            count: &mut self.count,
+            relevant: &mut self.relevant,
+            items: &mut self.items,
+        };
+        self.found = pass.run();
     }
 
     fn index_order_precision_sum(&self) -> f64 {
-        self.items
+        self.items[..self.found]
             .iter()
             .map(|it| {
                 let d = it.distance as usize;
@@ -576,7 +578,7 @@ impl<'a> Worker<'a> {
         let ks = &self.cutoffs.ks;
         self.k_found.fill(0);
         self.k_precision.fill(0.0);
-        for it in &self.items {
+        for it in &self.items[..self.found] {
             let d = it.distance as usize;
             let rank = (self.before[d] + it.within) as usize;
             let slot = ks.partition_point(|&k| k < rank);
@@ -613,6 +615,69 @@ impl<'a> Worker<'a> {
             }
             self.sums.radius_recall[d].add(f64::from(r) / total_relevant as f64);
         }
+    }
+}
+
+/// One counting pass of a query over the database.
+#[derive(Debug)]
+struct Pass<'a> {
+    database: CodeMatrix<'a>,
+    database_labels: &'a [u32],
+    query: &'a [u64],
+    label: u32,
+    count: &'a mut [u32],
+    relevant: &'a mut [u32],
+    /// At least as long as the database.
+    items: &'a mut [Relevant],
+}
+
+impl Pass<'_> {
+    /// Runs the pass; returns how many relevant items it wrote to the front of `items`.
+    fn run(self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("popcnt") {
+            // SAFETY: the CPU has the popcnt instruction, checked just above.
+            return unsafe { self.run_popcnt() };
+        }
+        self.run_portable()
+    }
+
+    /// The same pass compiled with the popcnt instruction, which the baseline x86-64 target lacks
+    /// (its software popcount triples the cost of the pass).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "popcnt")]
+    fn run_popcnt(self) -> usize {
+        self.run_portable()
+    }
+
+    #[inline(always)]
+    fn run_portable(self) -> usize {
+        let Pass { database, database_labels, query, label, count, relevant, items } = self;
+        let mut found = 0;
+        let mut visit = |d: u32, db_label: u32| {
+            let d = d as usize;
+            count[d] += 1;
+            // Written for every item, kept only for relevant ones: no unpredictable branch.
+            items[found] = Relevant { distance: d as u32, within: count[d], relevant_within: 0 };
+            found += usize::from(is_relevant(label, db_label));
+        };
+        if let [q] = query {
+            // One-word codes: let the compiler see the length.
+            for (code, &db_label) in database.words().iter().zip(database_labels) {
+                visit(distance(std::slice::from_ref(q), std::slice::from_ref(code)), db_label);
+            }
+        } else {
+            for (code, &db_label) in database.words().chunks_exact(database.words_per_code()).zip(database_labels) {
+                visit(distance(query, code), db_label);
+            }
+        }
+        // Only the relevant items need their ordinal among relevant items of their distance.
+        for item in &mut items[..found] {
+            let r = &mut relevant[item.distance as usize];
+            *r += 1;
+            item.relevant_within = *r;
+        }
+        found
     }
 }
 
