@@ -15,7 +15,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+# One core for numpy too (its BLAS would otherwise use every core for the distance products).
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+import numpy as np  # noqa: E402
 
 BITS, CLASSES, DATABASE, QUERIES, FLIP = 64, 10, 60_000, 10_000, 0.2
 
@@ -27,12 +31,20 @@ def clustered(rng, centres, n):
     return np.where(bits, 1.0, -1.0).astype(np.float32), labels.astype(np.int64)
 
 
-def numpy_map(db, db_labels, q, q_labels):
+def numpy_map(db, db_labels, q, q_labels, tuned=False):
     """The classic deep-hashing mAP@all: rank by Hamming distance with a stable argsort per query
-    (ties by database position), AP = mean precision at the relevant ranks."""
+    (ties by database position), AP = mean precision at the relevant ranks. The classic code
+    takes float distances from the ±1 inner product; `tuned` takes uint8 distances from popcounts
+    of packed words instead, which lets numpy's stable sort use radix sort."""
+    if tuned:
+        db_words = np.packbits(db > 0, axis=1).view(">u8").ravel()
+        q_words = np.packbits(q > 0, axis=1).view(">u8").ravel()
     aps = []
     for i in range(q.shape[0]):
-        hamming = 0.5 * (BITS - db @ q[i])
+        if tuned:
+            hamming = np.bitwise_count(db_words ^ q_words[i]).astype(np.uint8)
+        else:
+            hamming = 0.5 * (BITS - db @ q[i])
         order = np.argsort(hamming, kind="stable")
         relevant = (db_labels[order] == q_labels[i]).astype(np.float64)
         total = relevant.sum()
@@ -79,6 +91,12 @@ def main():
     print(f"numpy stable-argsort mAP on {n} queries: {np_map:.15f} ({np_evaluated} evaluated) in {np_seconds:.2f} s"
           f" = {1e3 * np_seconds / n:.3f} ms/query")
 
+    start = time.perf_counter()
+    tuned_map, _ = numpy_map(db, db_labels, q[:n], q_labels[:n], tuned=True)
+    tuned_seconds = time.perf_counter() - start
+    print(f"numpy tuned (uint8 popcount distances, radix stable argsort) mAP on {n} queries: {tuned_map:.15f}"
+          f" in {tuned_seconds:.2f} s = {1e3 * tuned_seconds / n:.3f} ms/query")
+
     env = dict(os.environ, RAYON_NUM_THREADS="1")
     print(f"hashsrv map_npy, RAYON_NUM_THREADS=1, same {n} queries:")
     rs_map, rs_evaluated, rs_seconds = run_rust([path["db"], path["dbl"], path["qs"], path["qls"]], env)
@@ -91,7 +109,8 @@ def main():
     per_query_np = np_seconds / n
     print(f"speed-up per query, one core: {per_query_np / (rs_seconds / n):.1f}x on {n} queries, "
           f"{per_query_np / (full_seconds / QUERIES):.1f}x against the {QUERIES}-query run")
-    if diff > 1e-9 or rs_evaluated != np_evaluated:
+    print(f"speed-up against tuned numpy: {tuned_seconds / rs_seconds:.1f}x on {n} queries")
+    if diff > 1e-9 or abs(tuned_map - np_map) > 1e-9 or rs_evaluated != np_evaluated:
         sys.exit("mAP mismatch")
 
 

@@ -448,7 +448,7 @@ impl Cutoffs {
 }
 
 /// A relevant database item seen during the scan.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct Relevant {
     distance: u32,
     /// 1-based ordinal among all items at this distance, in position order.
@@ -470,9 +470,10 @@ struct Worker<'a> {
     /// Items / relevant items at smaller distances.
     before: Vec<u32>,
     relevant_before: Vec<u32>,
-    /// The relevant items of the last scan are `items[..found]`; the rest is scratch.
+    /// Scratch of the scan: `(distance << 32) | within` per item, the relevant ones first.
+    hits: Vec<u64>,
+    /// The relevant items of the last scan, in position order.
     items: Vec<Relevant>,
-    found: usize,
     /// Per distinct k: relevant items ranked exactly in `(k_{i-1}, k_i]` and their precision sum.
     k_found: Vec<u32>,
     k_precision: Vec<f64>,
@@ -490,8 +491,8 @@ impl<'a> Worker<'a> {
             relevant: vec![0; buckets],
             before: vec![0; buckets],
             relevant_before: vec![0; buckets],
+            hits: Vec::new(),
             items: Vec::new(),
-            found: 0,
             k_found: vec![0; cutoffs.ks.len()],
             k_precision: vec![0.0; cutoffs.ks.len()],
             sums: Sums::new(config, bits),
@@ -500,7 +501,7 @@ impl<'a> Worker<'a> {
 
     fn query(&mut self, database: CodeMatrix<'_>, database_labels: &[u32], query: &[u64], label: u32) {
         self.scan(database, database_labels, query, label);
-        let total_relevant = self.found;
+        let total_relevant = self.items.len();
         if total_relevant == 0 {
             self.sums.excluded += 1;
             return;
@@ -533,8 +534,8 @@ impl<'a> Worker<'a> {
     fn scan(&mut self, database: CodeMatrix<'_>, database_labels: &[u32], query: &[u64], label: u32) {
         self.count.fill(0);
         self.relevant.fill(0);
-        if self.items.len() < database_labels.len() {
-            self.items.resize(database_labels.len(), Relevant::default());
+        if self.hits.len() < database_labels.len() {
+            self.hits.resize(database_labels.len(), 0);
         }
         let pass = Pass {
             database,
@@ -543,13 +544,14 @@ impl<'a> Worker<'a> {
             label,
             count: &mut self.count,
             relevant: &mut self.relevant,
+            hits: &mut self.hits,
             items: &mut self.items,
         };
-        self.found = pass.run();
+        pass.run();
     }
 
     fn index_order_precision_sum(&self) -> f64 {
-        self.items[..self.found]
+        self.items
             .iter()
             .map(|it| {
                 let d = it.distance as usize;
@@ -578,7 +580,7 @@ impl<'a> Worker<'a> {
         let ks = &self.cutoffs.ks;
         self.k_found.fill(0);
         self.k_precision.fill(0.0);
-        for it in &self.items[..self.found] {
+        for it in &self.items {
             let d = it.distance as usize;
             let rank = (self.before[d] + it.within) as usize;
             let slot = ks.partition_point(|&k| k < rank);
@@ -628,12 +630,13 @@ struct Pass<'a> {
     count: &'a mut [u32],
     relevant: &'a mut [u32],
     /// At least as long as the database.
-    items: &'a mut [Relevant],
+    hits: &'a mut [u64],
+    items: &'a mut Vec<Relevant>,
 }
 
 impl Pass<'_> {
-    /// Runs the pass; returns how many relevant items it wrote to the front of `items`.
-    fn run(self) -> usize {
+    /// Runs the pass, filling `count` and `relevant` and replacing `items`.
+    fn run(self) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("popcnt") {
             // SAFETY: the CPU has the popcnt instruction, checked just above.
@@ -646,19 +649,20 @@ impl Pass<'_> {
     /// (its software popcount triples the cost of the pass).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "popcnt")]
-    fn run_popcnt(self) -> usize {
+    fn run_popcnt(self) {
         self.run_portable()
     }
 
     #[inline(always)]
-    fn run_portable(self) -> usize {
-        let Pass { database, database_labels, query, label, count, relevant, items } = self;
+    fn run_portable(self) {
+        let Pass { database, database_labels, query, label, count, relevant, hits, items } = self;
         let mut found = 0;
         let mut visit = |d: u32, db_label: u32| {
             let d = d as usize;
             count[d] += 1;
-            // Written for every item, kept only for relevant ones: no unpredictable branch.
-            items[found] = Relevant { distance: d as u32, within: count[d], relevant_within: 0 };
+            // Written for every item, kept only for relevant ones: no unpredictable branch, and
+            // one 8-byte store (stores bound this loop).
+            hits[found] = (d as u64) << 32 | u64::from(count[d]);
             found += usize::from(is_relevant(label, db_label));
         };
         if let [q] = query {
@@ -672,12 +676,13 @@ impl Pass<'_> {
             }
         }
         // Only the relevant items need their ordinal among relevant items of their distance.
-        for item in &mut items[..found] {
-            let r = &mut relevant[item.distance as usize];
+        items.clear();
+        items.extend(hits[..found].iter().map(|&hit| {
+            let distance = (hit >> 32) as u32;
+            let r = &mut relevant[distance as usize];
             *r += 1;
-            item.relevant_within = *r;
-        }
-        found
+            Relevant { distance, within: hit as u32, relevant_within: *r }
+        }));
     }
 }
 
