@@ -203,7 +203,10 @@ fn writer_round_trips_every_field_and_length() {
         assert_eq!((index.bits(), index.len()), (bits, 37));
         assert_eq!(index.codes().words(), &words[..]);
         for i in 0..37 {
-            assert_eq!((index.labels()[i], index.id(i), index.path(i)), ((i % 5) as u32, 1000 + i as u64, &*format!("item/{i}")));
+            assert_eq!(
+                (index.labels()[i], index.id(i), index.path(i)),
+                ((i % 5) as u32, 1000 + i as u64, &*format!("item/{i}"))
+            );
         }
         assert_eq!(index.class_counts().values().sum::<usize>(), 37);
         assert_eq!(index.class_counts()[&0], 8);
