@@ -138,6 +138,9 @@ impl MultiIndex {
         max_d: u32,
         budget_ns: f64,
     ) -> Option<Vec<Hit>> {
+        if k == 0 {
+            return Some(Vec::new());
+        }
         let m = self.tables.len() as u32;
         let qsub: Vec<u32> = self.tables.iter().map(|t| substring(query, t.start, t.bits)).collect();
         let max_len = self.tables.iter().map(|t| t.bits).max().unwrap_or(0);

@@ -39,6 +39,26 @@ impl Backing {
 
 /// An open index file. Cheap to open (the header, path table and metadata are checked; codes are
 /// not read until searched or verified), `Send + Sync`, and never panics on file content.
+///
+/// ```
+/// use hashsrv_index::{CodeIndex, HashCode, IndexMetadata, IndexWriter, SearchOptions};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("codes.hsidx");
+/// let mut writer = IndexWriter::create(&path, 16, IndexMetadata::default())?;
+/// for (i, hex) in ["ff00", "ff01", "00ff"].iter().enumerate() {
+///     writer.push(HashCode::from_hex(16, hex)?.words(), i as u32, 100 + i as u64, &format!("img{i}.png"))?;
+/// }
+/// writer.finish()?; // atomically publishes `path`
+///
+/// let index = CodeIndex::open(&path)?;
+/// index.verify()?;
+/// let query = HashCode::from_hex(16, "ff03")?;
+/// let hits = index.search(query.words(), &SearchOptions::top_k(2)).hits;
+/// assert_eq!((hits[0].position, hits[0].distance), (1, 1));
+/// assert_eq!((index.path(hits[1].position), hits[1].distance), ("img0.png", 2));
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct CodeIndex {
     backing: Backing,
