@@ -104,7 +104,7 @@ fn read_codes(path: &str, bits: u32) -> Result<Vec<u64>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading codes from {path:?}"))?;
     let mut words = Vec::with_capacity(bytes.len() / bytes_for_bits(bits) * words_for_bits(bits));
     for row in bytes.chunks_exact(bytes_for_bits(bits)) {
-        words.extend_from_slice(HashCode::from_packed(bits, row).with_context(|| format!("{path}"))?.words());
+        words.extend_from_slice(HashCode::from_packed(bits, row).with_context(|| path.to_string())?.words());
     }
     Ok(words)
 }
