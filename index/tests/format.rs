@@ -67,6 +67,19 @@ fn frozen_version_1_file_opens_verifies_and_searches() {
     }
 }
 
+#[test]
+fn check_model_compares_hash_and_bits() {
+    let index = CodeIndex::open(Path::new(FROZEN)).unwrap();
+    index.check_model(&"AB".repeat(32), 48).unwrap();
+    let err = index.check_model(&"cd".repeat(32), 48).unwrap_err();
+    assert!(matches!(err, IndexError::ModelMismatch { what: "model SHA-256", .. }), "{err}");
+    assert!(err.to_string().contains("hashsrv build-index"));
+    assert!(matches!(
+        index.check_model(&"ab".repeat(32), 64),
+        Err(IndexError::ModelMismatch { what: "code bits", .. })
+    ));
+}
+
 /// While version 1 is current, the writer must reproduce the frozen bytes exactly: a change here
 /// is a format change and needs a version bump.
 #[test]
