@@ -311,3 +311,11 @@ fn bit_balance_counts_ones_per_bit() {
     assert_eq!(occupancy.iter().map(|o| o.bits).sum::<u32>(), 48);
     assert!(occupancy.iter().all(|o| o.max >= 1 && o.nonempty >= 1 && o.mean_nonempty >= 1.0));
 }
+
+#[test]
+fn index_and_writer_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<CodeIndex>();
+    send::<IndexWriter>();
+}
