@@ -84,12 +84,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="fewer settings")
+    ap.add_argument("--planner-only", action="store_true", help="only the Auto-vs-scan table")
     ap.add_argument("--binary", default=os.environ.get("SEARCH_BENCH",
                     "/work/tgt/index/release/examples/search_bench"))
     a = ap.parse_args()
     faiss = ensure_faiss()
     rng = np.random.default_rng(SEED)
     tmp = tempfile.mkdtemp(prefix="bench_index_")
+    if a.planner_only:
+        planner(a, tmp, rng)
+        return
     bw = {t: json.loads(subprocess.run([a.binary, "mode=bandwidth", "mb=256", f"threads={t}"],
                         check=True, capture_output=True, text=True).stdout)["gb_per_second"] for t in (1, 2)}
     print(f"measured read bandwidth (sum of 256 MiB per thread): 1 thread {bw[1]:.1f} GB/s, 2 threads {bw[2]:.1f} GB/s")
@@ -160,6 +164,27 @@ def main():
         print(f"| planted | {bits} | {a.n} | 10 | 3 | FAISS MultiHash nhash={nhash} b={b} nflip=3 | "
               f"{1e3 * t / len(q):.4f} | {scan['seconds_per_query'] / (t / len(q)):.1f}x | - | recall {recall:.2f} |",
               flush=True)
+    print()
+    planner(a, tmp, rng)
+
+
+def planner(a, tmp, rng):
+    """`Auto` against the scan where MIH should lose or win: it may not be much slower anywhere."""
+    print("| codes | bits | N | k | radius | scan CPU ms/query | auto CPU ms/query | auto / scan | MIH used (of 50) | same distances |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for kind in ("uniform", "clustered", "planted"):
+        for bits in (32, 64, 128):
+            db, q = make_codes(kind, a.n, bits, 100, rng)
+            cp, qp = os.path.join(tmp, "db.bin"), os.path.join(tmp, "q.bin")
+            db.tofile(cp)
+            q.tofile(qp)
+            for k, radius in ((10, None), (100, None), (10, 3)):
+                scan = ours(a.binary, cp, qp, bits, k, 1, "single", "linear", radius=radius)
+                auto = ours(a.binary, cp, qp, bits, k, 1, "single", "auto", radius=radius)
+                print(f"| {kind} | {bits} | {a.n} | {k} | {radius if radius is not None else '-'} | "
+                      f"{1e3 * scan['cpu_seconds_per_query']:.3f} | {1e3 * auto['cpu_seconds_per_query']:.3f} | "
+                      f"{auto['cpu_seconds_per_query'] / scan['cpu_seconds_per_query']:.2f} | "
+                      f"{auto['mih_used_of_first_50']} | {auto['distances'] == scan['distances']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,11 @@ pub enum IndexError {
     WrongCodeLength { bits: u32, expected: usize, found: usize },
     #[error("padding bits past bit {bits} of item {item} are set; build codes with `HashCode` so padding stays zero")]
     NonZeroPadding { bits: u32, item: u64 },
+    #[error(
+        "the index was built for a different model ({what}: index {index}, model {model}); rebuild it with \
+         `hashsrv build-index` for this model or serve the model it was built with"
+    )]
+    ModelMismatch { what: &'static str, index: String, model: String },
     #[error("could not encode the index metadata as JSON: {0}")]
     MetadataEncode(String),
 }

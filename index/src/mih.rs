@@ -26,8 +26,9 @@ const MAX_SUBSTRING_BITS: u32 = 24;
 pub const MIN_MIH_BITS: u32 = 32;
 /// Under `Auto`, smaller indexes are always scanned (the scan takes microseconds).
 const MIN_AUTO_ITEMS: usize = 50_000;
-/// Under `Auto`, multi-index hashing may spend this fraction of the scan's estimated cost before
-/// the search gives up and scans; so `Auto` is at most this much slower than the scan alone.
+/// Under `Auto`, multi-index hashing may spend this fraction of the scan's estimated cost (counting
+/// the buckets and candidates it really visits) before the search gives up and scans; so `Auto`
+/// is at most about this much slower than the scan alone.
 const AUTO_BUDGET_FRACTION: f64 = 0.05;
 /// Cost model, nanoseconds: scanning one 64-bit word of codes (single query, one core; and per
 /// query in a cache-blocked batch), probing one bucket, and checking one candidate (a random
@@ -128,8 +129,8 @@ impl MultiIndex {
             .collect()
     }
 
-    /// Exact search; `None` if the estimated cost of the next probe step would exceed
-    /// `budget_ns` (the caller then scans).
+    /// Exact search; `None` once the work done, or the predicted cost of the next probe level,
+    /// exceeds `budget_ns` (the caller then scans).
     pub(crate) fn search(
         &self,
         codes: CodeMatrix<'_>,
@@ -149,22 +150,34 @@ impl MultiIndex {
         'radius: for r in 0..=max_len {
             for (j, table) in self.tables.iter().enumerate() {
                 if r <= table.bits {
+                    // Skip a level predicted (at uniform occupancy) to overrun the budget, and charge
+                    // the real bucket sizes as they come, since clustered codes crowd some buckets.
                     let mean = self.n as f64 / (1u64 << table.bits) as f64;
-                    spent += binomial(table.bits, r) * (PROBE_NS + mean * CANDIDATE_NS);
-                    if spent > budget_ns {
+                    if spent + binomial(table.bits, r) * (PROBE_NS + mean * CANDIDATE_NS) > budget_ns {
                         return None;
                     }
-                    for_each_at_distance(table.bits, r, |flip| {
+                    let finished = for_each_at_distance(table.bits, r, |flip| {
                         let v = (qsub[j] ^ flip) as usize;
-                        let (Some(&a), Some(&b)) = (table.offsets.get(v), table.offsets.get(v + 1)) else { return };
-                        for &p in table.positions.get(a as usize..b as usize).unwrap_or(&[]) {
+                        let (Some(&a), Some(&b)) = (table.offsets.get(v), table.offsets.get(v + 1)) else {
+                            return true;
+                        };
+                        let bucket = table.positions.get(a as usize..b as usize).unwrap_or(&[]);
+                        spent += PROBE_NS + bucket.len() as f64 * CANDIDATE_NS;
+                        if spent > budget_ns {
+                            return false;
+                        }
+                        for &p in bucket {
                             let code = codes.code(p as usize);
                             let d = distance(query, code);
                             if d <= top.threshold() && self.first_sighting(code, &qsub, j, r) {
                                 top.push(d, p as usize);
                             }
                         }
+                        true
                     });
+                    if !finished {
+                        return None;
+                    }
                 }
                 let proven = m * r + j as u32;
                 if proven >= max_d || top.kth_distance().is_some_and(|kth| kth <= proven) {
@@ -205,22 +218,26 @@ impl Table {
     }
 }
 
-/// Calls `f` with every `bits`-bit mask of exactly `r` ones (Gosper's hack).
-fn for_each_at_distance(bits: u32, r: u32, mut f: impl FnMut(u32)) {
+/// Calls `f` with every `bits`-bit mask of exactly `r` ones (Gosper's hack) until it returns
+/// false; returns whether every mask was visited.
+fn for_each_at_distance(bits: u32, r: u32, mut f: impl FnMut(u32) -> bool) -> bool {
     if r > bits {
-        return;
+        return true;
     }
     let limit = 1u64 << bits;
     let mut mask: u64 = (1u64 << r) - 1;
     while mask < limit {
-        f(mask as u32);
+        if !f(mask as u32) {
+            return false;
+        }
         if mask == 0 {
-            return;
+            return true;
         }
         let low = mask & mask.wrapping_neg();
         let ripple = mask + low;
         mask = (((ripple ^ mask) >> 2) / low) | ripple;
     }
+    true
 }
 
 impl CodeIndex {
@@ -272,7 +289,10 @@ mod tests {
         for bits in [1u32, 5, 12] {
             for r in 0..=bits {
                 let mut seen = Vec::new();
-                for_each_at_distance(bits, r, |m| seen.push(m));
+                assert!(for_each_at_distance(bits, r, |m| {
+                    seen.push(m);
+                    true
+                }));
                 assert!(seen.iter().all(|m| m.count_ones() == r && u64::from(*m) < 1u64 << bits));
                 seen.sort_unstable();
                 seen.dedup();

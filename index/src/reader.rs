@@ -168,6 +168,26 @@ impl CodeIndex {
         &self.metadata
     }
 
+    /// Checks that a model (SHA-256 of its `model.onnx` bytes, and its code length) is the one
+    /// this index was built with. An index without a recorded model hash only checks the bits.
+    pub fn check_model(&self, model_sha256: &str, bits: u32) -> Result<(), IndexError> {
+        if bits != self.bits() {
+            return Err(IndexError::ModelMismatch {
+                what: "code bits",
+                index: self.bits().to_string(),
+                model: bits.to_string(),
+            });
+        }
+        match &self.metadata.model_sha256 {
+            Some(recorded) if !recorded.eq_ignore_ascii_case(model_sha256) => Err(IndexError::ModelMismatch {
+                what: "model SHA-256",
+                index: recorded.clone(),
+                model: model_sha256.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Recomputes every section checksum and checks that code padding bits are zero.
     pub fn verify(&self) -> Result<(), IndexError> {
         for s in Section::ALL {

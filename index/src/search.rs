@@ -15,7 +15,10 @@ use crate::reader::CodeIndex;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SearchMethod {
-    /// Multi-index hashing when its cost estimate beats the scan, else the linear scan.
+    /// Multi-index hashing when its cost estimate beats the scan, else the linear scan. On an
+    /// index of at least 50,000 codes of 32 bits or more, the first such search builds the
+    /// multi-index tables (about `m × (2^s + n) × 4` bytes for `m` substrings of `s` bits; a
+    /// server builds them at start-up with [`CodeIndex::prepare_multi_index`]).
     #[default]
     Auto,
     /// Scan every code.

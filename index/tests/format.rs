@@ -67,6 +67,19 @@ fn frozen_version_1_file_opens_verifies_and_searches() {
     }
 }
 
+#[test]
+fn check_model_compares_hash_and_bits() {
+    let index = CodeIndex::open(Path::new(FROZEN)).unwrap();
+    index.check_model(&"AB".repeat(32), 48).unwrap();
+    let err = index.check_model(&"cd".repeat(32), 48).unwrap_err();
+    assert!(matches!(err, IndexError::ModelMismatch { what: "model SHA-256", .. }), "{err}");
+    assert!(err.to_string().contains("hashsrv build-index"));
+    assert!(matches!(
+        index.check_model(&"ab".repeat(32), 64),
+        Err(IndexError::ModelMismatch { what: "code bits", .. })
+    ));
+}
+
 /// While version 1 is current, the writer must reproduce the frozen bytes exactly: a change here
 /// is a format change and needs a version bump.
 #[test]
@@ -297,4 +310,12 @@ fn bit_balance_counts_ones_per_bit() {
     assert!(!occupancy.is_empty());
     assert_eq!(occupancy.iter().map(|o| o.bits).sum::<u32>(), 48);
     assert!(occupancy.iter().all(|o| o.max >= 1 && o.nonempty >= 1 && o.mean_nonempty >= 1.0));
+}
+
+#[test]
+fn index_and_writer_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<CodeIndex>();
+    send::<IndexWriter>();
 }

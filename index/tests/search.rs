@@ -159,3 +159,22 @@ fn batch_of_many_queries_uses_every_query_block() {
         assert_eq!(got.hits, oracle(&words, bits, qs.code(q), 7, bits), "query {q}");
     }
 }
+
+/// Crowded buckets: every code is one of two values, so the uniform-occupancy estimate looks
+/// cheap but the query's bucket holds half the index. `Auto` charges the real bucket sizes, gives
+/// up on multi-index hashing and scans; forcing MIH still gives the exact answer.
+#[test]
+fn auto_scans_when_real_buckets_are_crowded() {
+    let bits = 64;
+    let words: Vec<u64> = (0..60_000u64).map(|i| if i % 2 == 0 { 0x0123_4567_89ab_cdef } else { !0 }).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let index = write_index(&dir.path().join("i.hsidx"), bits, &words);
+    let query = [0x0123_4567_89ab_cdef_u64 ^ 1];
+    for method in [SearchMethod::Auto, SearchMethod::MultiIndex] {
+        let opts = SearchOptions { k: 10, radius: None, method };
+        let got = index.search(&query, &opts);
+        assert_eq!(got.hits, oracle(&words, bits, &query, 10, bits));
+        let expected = if method == SearchMethod::Auto { SearchMethod::Linear } else { SearchMethod::MultiIndex };
+        assert_eq!(got.method, expected);
+    }
+}
