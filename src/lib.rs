@@ -7,7 +7,9 @@
 pub mod baselines;
 pub mod cli;
 pub mod dataset;
+pub mod encoder;
 pub mod onnxruntime;
 pub mod preprocess;
+pub mod server;
 
 pub use hashsrv_index as index;
