@@ -254,7 +254,7 @@ async fn reload_swaps_the_index_and_keeps_the_old_one_on_failure() {
     assert_eq!(error_of(response).await.0, 422);
     let health: Value = client.get(server.url("/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(items(&health), 4, "a failed reload keeps the current index");
-    assert_eq!(server.state.metrics.render().contains("hashsrv_index_items 4\n"), true);
+    assert!(server.state.metrics.render().contains("hashsrv_index_items 4\n"));
     server.stop().await;
 }
 
