@@ -4,5 +4,7 @@
 
 pub mod code;
 pub mod hamming;
+pub mod metrics;
+pub mod npy;
 
 pub use code::{CodeError, CodeMatrix, HashCode};

@@ -2,6 +2,6 @@
 
 fn main() -> std::process::ExitCode {
     eprintln!("error: `hashsrv-train` is not available in this build yet (tracked in issue 4)");
-    eprintln!("libtorch {} linked; CUDA available: {}", "2.13", tch::Cuda::is_available());
+    eprintln!("libtorch 2.13 linked; CUDA available: {}", tch::Cuda::is_available());
     std::process::ExitCode::FAILURE
 }
