@@ -41,13 +41,18 @@ async function search(file) {
     figure.className = "hit";
     figure.dataset.id = hit.id;
     figure.dataset.distance = hit.distance;
+    const link = document.createElement("a");
+    link.href = "/?query=/images/" + hit.id; // more like this
+    link.title = "search with this image";
     const img = document.createElement("img");
     img.src = "/images/" + hit.id;
     img.alt = hit.path;
     img.loading = "lazy";
+    link.append(img);
     const caption = document.createElement("figcaption");
+    caption.className = "caption";
     caption.textContent = "#" + hit.rank + " · d=" + hit.distance + " · " + (hit.class_name ?? "label " + hit.label);
-    figure.append(img, caption);
+    figure.append(link, caption);
     resultsBox.append(figure);
   }
   const t = body.timings_ms;
@@ -71,3 +76,16 @@ drop.addEventListener("drop", (e) => {
   drop.classList.remove("over");
   if (e.dataTransfer.files.length > 0) search(e.dataTransfer.files[0]);
 });
+
+// `/?query=/images/{id}` searches with a thumbnail of an index item ("more like this" links).
+// Only that same-origin route is fetched.
+const queryParam = new URLSearchParams(location.search).get("query");
+if (queryParam !== null && /^\/images\/[0-9]+$/.test(queryParam)) {
+  fetch(queryParam)
+    .then((response) => {
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      return response.blob();
+    })
+    .then((blob) => search(new File([blob], "query.png", { type: blob.type })))
+    .catch((err) => show("cannot load " + queryParam + ": " + err, true));
+}
