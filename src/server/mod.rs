@@ -14,7 +14,6 @@
 pub mod batcher;
 pub mod error;
 #[doc(hidden)]
-pub mod index_shim;
 pub mod metrics;
 pub mod routes;
 
@@ -28,7 +27,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 
 use self::batcher::{BatchConfig, Batcher};
-use self::index_shim::{CodeIndex, IndexError};
+use crate::index::{CodeIndex, IndexError};
 use self::metrics::Metrics;
 use crate::dataset::{Dataset, DatasetError, DatasetKind, Item, OpenOptions, Split};
 use crate::encoder::{Encoder, EncoderError, EncoderOptions};

@@ -18,7 +18,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorKind};
-use super::index_shim::{SearchMethod, SearchOptions};
+use crate::index::{SearchMethod, SearchOptions};
 use super::{AppState, Loaded};
 use crate::index::HashCode;
 use crate::preprocess::decode_image;
