@@ -280,9 +280,7 @@ pub(crate) fn parse_layout(bytes: &[u8]) -> Result<Layout, IndexError> {
         crcs[section as usize] = entry.crc32.get();
     }
     // Search keys pack a position into 40 bits (an 8 TB file of 64-bit codes).
-    let count = usize::try_from(count)
-        .ok()
-        .filter(|_| count < 1 << 40)
-        .ok_or(IndexError::TooLarge { what: "item count" })?;
+    let count =
+        usize::try_from(count).ok().filter(|_| count < 1 << 40).ok_or(IndexError::TooLarge { what: "item count" })?;
     Ok(Layout { bits, words_per_code: wpc, count, ranges, crcs })
 }

@@ -27,10 +27,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 
 use self::batcher::{BatchConfig, Batcher};
-use crate::index::{CodeIndex, IndexError};
 use self::metrics::Metrics;
 use crate::dataset::{Dataset, DatasetError, DatasetKind, Item, OpenOptions, Split};
 use crate::encoder::{Encoder, EncoderError, EncoderOptions};
+use crate::index::{CodeIndex, IndexError};
 use crate::preprocess::DecodeLimits;
 
 /// Everything the server is started with.
