@@ -7,8 +7,10 @@
 pub mod baselines;
 pub mod cli;
 pub mod dataset;
+pub mod encoder;
 pub mod onnxruntime;
 pub mod preprocess;
 pub mod report;
+pub mod server;
 
 pub use hashsrv_index as index;

@@ -78,8 +78,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         BaselineMethod::Itq => LinearHasher::itq(&database, dim, args.bits, args.itq_iterations, args.seed)?,
     };
     let fit_seconds = fit_started.elapsed().as_secs_f64();
-    let database_words = words(&hasher.encode_all(&database)?);
-    let query_words = words(&hasher.encode_all(&queries)?);
+    let database_words = super::code_words(&hasher.encode_all(&database)?);
+    let query_words = super::code_words(&hasher.encode_all(&queries)?);
     let database_labels = labels(dataset.split(Split::Train));
     let query_labels = labels(dataset.split(Split::Test));
 
@@ -124,10 +124,6 @@ fn features(items: &[Item]) -> anyhow::Result<Vec<f32>> {
     let rows: Vec<Vec<f32>> =
         items.par_iter().map(|item| Ok(pixel_features(&item.load()?))).collect::<anyhow::Result<_>>()?;
     Ok(rows.concat())
-}
-
-fn words(codes: &[hashsrv_index::HashCode]) -> Vec<u64> {
-    codes.iter().flat_map(|c| c.words().iter().copied()).collect()
 }
 
 fn labels(items: &[Item]) -> Vec<u32> {

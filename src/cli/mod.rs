@@ -18,11 +18,6 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// The error of a subcommand whose capability has not landed yet: clear, never a silent stub.
-pub(crate) fn not_yet(command: &str, issue: u32) -> anyhow::Error {
-    anyhow::anyhow!("`hashsrv {command}` is not available in this build yet (tracked in issue {issue})")
-}
-
 /// Opens a data set at `--data`, else at its default root (its environment variable, or Debian's
 /// Fashion-MNIST); with neither, the error names both and says how to get the data.
 pub(crate) fn open_dataset(
@@ -41,4 +36,40 @@ pub(crate) fn open_dataset(
         })?,
     };
     Ok(crate::dataset::Dataset::open(kind, &root, options)?)
+}
+
+/// Codes of data set items with `encoder`: images decoded and preprocessed in parallel, then run
+/// through the model `batch` at a time, with a progress bar on stderr.
+pub(crate) fn encode_items(
+    encoder: &crate::encoder::Encoder,
+    items: &[crate::dataset::Item],
+    batch: usize,
+    what: &str,
+) -> anyhow::Result<Vec<hashsrv_index::HashCode>> {
+    use rayon::prelude::*;
+    let preprocess = encoder.preprocess().clone();
+    let per_image = preprocess.tensor_len();
+    let progress = indicatif::ProgressBar::new(items.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
+            .expect("valid progress template"),
+    );
+    progress.set_message(what.to_owned());
+    let mut codes = Vec::with_capacity(items.len());
+    let mut tensor = Vec::new();
+    for chunk in items.chunks(batch.max(1)) {
+        tensor.resize(chunk.len() * per_image, 0.0);
+        chunk.par_iter().zip(tensor.par_chunks_mut(per_image)).try_for_each(|(item, out)| {
+            let image = item.load()?;
+            preprocess.eval_into(&image, out).map_err(|e| anyhow::anyhow!("{}: {e}", item.path))
+        })?;
+        codes.extend(encoder.encode_tensor(&tensor, chunk.len())?);
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    Ok(codes)
+}
+
+/// The words of `codes`, code after code (the layout of [`hashsrv_index::CodeMatrix`]).
+pub(crate) fn code_words(codes: &[hashsrv_index::HashCode]) -> Vec<u64> {
+    codes.iter().flat_map(|c| c.words().iter().copied()).collect()
 }

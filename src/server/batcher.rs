@@ -1,0 +1,198 @@
+//! Dynamic micro-batching: requests queue their preprocessed tensors; one task collects those
+//! that arrive within `max_wait` of the first (up to `max_batch` images) and runs them as one
+//! ONNX Runtime batch, like Triton's dynamic batcher. The queue is bounded: at most `queue`
+//! requests may be admitted and not yet answered (waiting, collected or running); past that a
+//! request is refused at once ([`SubmitError::Full`], a 503) instead of waiting without limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::metrics::Metrics;
+use crate::encoder::Encoder;
+use crate::index::HashCode;
+
+/// Batching limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most images per run (1 disables batching).
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for company.
+    pub max_wait: Duration,
+    /// Most requests admitted and not yet answered; more are refused.
+    pub queue: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_batch: 16, max_wait: Duration::from_millis(2), queue: 256 }
+    }
+}
+
+/// The codes of one request and where its time went.
+#[derive(Debug)]
+pub struct Encoded {
+    pub codes: Vec<HashCode>,
+    /// From submission to the start of its run.
+    pub queue: Duration,
+    /// The run it was part of.
+    pub inference: Duration,
+    /// Images in that run (this request's and others').
+    pub batch_images: usize,
+}
+
+/// Why a request got no codes.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the server is busy: {0} requests are already waiting for the model; retry shortly")]
+    Full(usize),
+    #[error("the server is shutting down")]
+    Closed,
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// A request's place in the queue, given back (and the depth gauge lowered) when it is dropped.
+struct Admission {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.metrics.queue_left();
+    }
+}
+
+struct Job {
+    _admission: Admission,
+    encoder: Arc<Encoder>,
+    tensor: Vec<f32>,
+    images: usize,
+    submitted: Instant,
+    reply: oneshot::Sender<Result<Encoded, SubmitError>>,
+}
+
+/// The submitting side; cheap to clone. The batching task ends when every clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    places: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    config: BatchConfig,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("images", &self.images).finish_non_exhaustive()
+    }
+}
+
+impl Batcher {
+    /// Starts the batching task on the current tokio runtime.
+    pub fn start(config: BatchConfig, metrics: Arc<Metrics>) -> Batcher {
+        let config = BatchConfig { max_batch: config.max_batch.max(1), queue: config.queue.max(1), ..config };
+        let (tx, rx) = mpsc::channel(config.queue);
+        tokio::spawn(run(rx, config, Arc::clone(&metrics)));
+        Batcher { tx, places: Arc::new(Semaphore::new(config.queue)), metrics, config }
+    }
+
+    pub fn config(&self) -> BatchConfig {
+        self.config
+    }
+
+    /// Queues `images` preprocessed images (`tensor` is `[images,3,S,S]` for `encoder`) and
+    /// waits for their codes. Jobs of different encoders (after a reload) never share a run.
+    pub async fn encode(&self, encoder: Arc<Encoder>, tensor: Vec<f32>, images: usize) -> Result<Encoded, SubmitError> {
+        let Ok(permit) = Arc::clone(&self.places).try_acquire_owned() else {
+            self.metrics.record_shed();
+            return Err(SubmitError::Full(self.config.queue));
+        };
+        self.metrics.queue_entered();
+        let admission = Admission { _permit: permit, metrics: Arc::clone(&self.metrics) };
+        let (reply, answer) = oneshot::channel();
+        let job = Job { _admission: admission, encoder, tensor, images, submitted: Instant::now(), reply };
+        // The channel has a place for every permit, so it is never full here.
+        if self.tx.try_send(job).is_err() {
+            return Err(SubmitError::Closed);
+        }
+        answer.await.unwrap_or_else(|_| Err(SubmitError::Inference("the inference task stopped".into())))
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: Arc<Metrics>) {
+    // A job that could not join the previous batch (another encoder, or too many images) starts the next.
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let deadline = tokio::time::Instant::now() + config.max_wait;
+        let mut images = first.images;
+        let mut batch = vec![first];
+        while images < config.max_batch {
+            let job = match rx.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            if !Arc::ptr_eq(&job.encoder, &batch[0].encoder) || images + job.images > config.max_batch {
+                carried = Some(job);
+                break;
+            }
+            images += job.images;
+            batch.push(job);
+        }
+        run_batch(batch, images, &metrics).await;
+    }
+}
+
+/// Runs one batch off the async threads and answers each job with its slice of the codes.
+async fn run_batch(batch: Vec<Job>, images: usize, metrics: &Metrics) {
+    let started = Instant::now();
+    let encoder = Arc::clone(&batch[0].encoder);
+    let tensor: Vec<f32> = if batch.len() == 1 {
+        Vec::new() // the single job's own tensor is used below, no copy
+    } else {
+        batch.iter().flat_map(|job| job.tensor.iter().copied()).collect()
+    };
+    let joined = tokio::task::spawn_blocking(move || {
+        let input = if batch.len() == 1 { &batch[0].tensor } else { &tensor };
+        let result = encoder.encode_tensor(input, images);
+        (batch, result)
+    })
+    .await;
+    // A panic inside ONNX Runtime's wrapper drops the batch's reply channels (its requests fail
+    // with a 500) but must not end the batching task.
+    let Ok((batch, result)) = joined else {
+        tracing::error!("the inference task of a batch of {images} images panicked");
+        return;
+    };
+    let inference = started.elapsed();
+    metrics.record_batch(images);
+    match result {
+        Ok(codes) => {
+            let mut codes = codes.into_iter();
+            for job in batch {
+                let mine: Vec<HashCode> = codes.by_ref().take(job.images).collect();
+                let queue = started.saturating_duration_since(job.submitted);
+                let _ = job.reply.send(Ok(Encoded { codes: mine, queue, inference, batch_images: images }));
+            }
+        }
+        Err(e) => {
+            tracing::error!("inference failed on a batch of {images} images: {e}");
+            let message = e.to_string();
+            for job in batch {
+                let _ = job.reply.send(Err(SubmitError::Inference(message.clone())));
+            }
+        }
+    }
+}

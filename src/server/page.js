@@ -1,0 +1,91 @@
+// The search page: sends the chosen or dropped image to POST /search and shows the top-k
+// thumbnails (GET /images/{id}) with their Hamming distance and class.
+"use strict";
+
+const statusBox = document.getElementById("status");
+const queryBox = document.getElementById("query");
+const resultsBox = document.getElementById("results");
+const drop = document.getElementById("drop");
+
+function show(message, isError) {
+  statusBox.textContent = message;
+  statusBox.className = isError ? "error" : "";
+}
+
+async function search(file) {
+  queryBox.replaceChildren();
+  resultsBox.replaceChildren();
+  const preview = document.createElement("img");
+  preview.alt = "query";
+  preview.src = URL.createObjectURL(file);
+  queryBox.append(preview);
+  const k = document.getElementById("k").value || "12";
+  const form = new FormData();
+  form.append("image", file);
+  show("searching…", false);
+  let body;
+  try {
+    const response = await fetch("/search?k=" + encodeURIComponent(k), { method: "POST", body: form });
+    body = await response.json();
+    if (!response.ok) {
+      show(body.error + ": " + body.detail, true);
+      return;
+    }
+  } catch (err) {
+    show("request failed: " + err, true);
+    return;
+  }
+  const query = body.queries[0];
+  for (const hit of query.results) {
+    const figure = document.createElement("figure");
+    figure.className = "hit";
+    figure.dataset.id = hit.id;
+    figure.dataset.distance = hit.distance;
+    const link = document.createElement("a");
+    link.href = "/?query=/images/" + hit.id; // more like this
+    link.title = "search with this image";
+    const img = document.createElement("img");
+    img.src = "/images/" + hit.id;
+    img.alt = hit.path;
+    img.loading = "lazy";
+    link.append(img);
+    const caption = document.createElement("figcaption");
+    caption.className = "caption";
+    caption.textContent = "#" + hit.rank + " · d=" + hit.distance + " · " + (hit.class_name ?? "label " + hit.label);
+    figure.append(link, caption);
+    resultsBox.append(figure);
+  }
+  const t = body.timings_ms;
+  show(
+    query.results.length + " results for code " + query.code + " in " + t.total.toFixed(1) + " ms (inference " +
+      t.inference.toFixed(1) + " ms, batch of " + body.batch_images + ")",
+    false,
+  );
+}
+
+document.getElementById("file").addEventListener("change", (e) => {
+  if (e.target.files.length > 0) search(e.target.files[0]);
+});
+drop.addEventListener("dragover", (e) => {
+  e.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  if (e.dataTransfer.files.length > 0) search(e.dataTransfer.files[0]);
+});
+
+// `/?query=/images/{id}` searches with a thumbnail of an index item ("more like this" links).
+// Only that same-origin route is fetched.
+const queryParam = new URLSearchParams(location.search).get("query");
+if (queryParam !== null && /^\/images\/[0-9]+$/.test(queryParam)) {
+  fetch(queryParam)
+    .then((response) => {
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      return response.blob();
+    })
+    .then((blob) => search(new File([blob], "query.png", { type: blob.type })))
+    .catch((err) => show("cannot load " + queryParam + ": " + err, true));
+}

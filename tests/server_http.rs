@@ -1,0 +1,342 @@
+//! The server on a real port (127.0.0.1:0) with a real HTTP client (reqwest) and real multipart
+//! uploads of real JPEG/PNG/WebP files: bad inputs leave it serving, concurrent requests share
+//! ONNX Runtime batches, a full queue sheds load with 503 + Retry-After, slow requests time out,
+//! reload swaps the index without downtime, shutdown drains requests in flight, and a bounded
+//! load test prints p50/p99.
+
+mod server_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hashsrv::server::routes::SearchResponse;
+use hashsrv::server::{AppState, serve};
+use image::ImageFormat;
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+use server_support::*;
+use tokio::sync::oneshot;
+
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: Arc<AppState>,
+}
+
+async fn start(state: Arc<AppState>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(serve(listener, Arc::clone(&state), async {
+        let _ = stopped.await;
+    }));
+    Running { addr, stop: Some(stop), done, state }
+}
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.await.unwrap().unwrap();
+    }
+}
+
+fn image_form(bytes: Vec<u8>, file: &str, mime: &str) -> Form {
+    Form::new().part("image", Part::bytes(bytes).file_name(file.to_string()).mime_str(mime).unwrap())
+}
+
+async fn error_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let json: Value = response.json().await.expect("error bodies are JSON");
+    assert!(json["detail"].as_str().is_some_and(|d| !d.is_empty()), "{json}");
+    (status, json["error"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_uploads_of_each_format_and_every_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(state(dir.path(), |c| c.max_body = 256 * 1024)).await;
+    let client = reqwest::Client::new();
+    let picture = picture(500, 375, 4);
+    let formats = [
+        (encode(&picture, ImageFormat::Jpeg), "q.jpg", "image/jpeg"),
+        (encode(&picture, ImageFormat::Png), "q.png", "image/png"),
+        (encode(&picture, ImageFormat::WebP), "q.webp", "image/webp"),
+    ];
+    let mut codes = Vec::new();
+    for (bytes, file, mime) in &formats {
+        let response = client
+            .post(server.url("/search?k=5"))
+            .multipart(image_form(bytes.clone(), file, mime))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{file}");
+        let answer: SearchResponse = response.json().await.unwrap();
+        assert_eq!(answer.queries[0].results.len(), 5);
+        codes.push(answer.queries[0].code.clone());
+    }
+    // PNG and WebP (lossless) are the same pixels, so the same code.
+    assert_eq!(codes[1], codes[2]);
+
+    let jpeg = formats[0].0.clone();
+    let bad: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "zero bytes",
+            client.post(server.url("/search")).multipart(image_form(vec![], "e.jpg", "image/jpeg")),
+            400,
+            "empty_image",
+        ),
+        ("truncated", client.post(server.url("/search")).body(jpeg[..jpeg.len() * 2 / 3].to_vec()), 400, "bad_image"),
+        (
+            "not an image",
+            client.post(server.url("/search")).multipart(image_form(b"plain text".to_vec(), "a.txt", "text/plain")),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "too large",
+            client.post(server.url("/search")).multipart(image_form(vec![7; 300 * 1024], "big.jpg", "image/jpeg")),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "wrong field",
+            client
+                .post(server.url("/search"))
+                .multipart(Form::new().part("picture", Part::bytes(jpeg.clone()).file_name("a.jpg"))),
+            400,
+            "bad_request",
+        ),
+        ("bad k", client.post(server.url("/search?k=abc")).body(jpeg.clone()), 400, "bad_request"),
+        ("bad hex", client.post(server.url("/search")).json(&serde_json::json!({"code": "not hex!"})), 400, "bad_code"),
+    ];
+    for (name, request, status, kind) in bad {
+        let (got_status, got_kind) = error_of(request.send().await.unwrap()).await;
+        assert_eq!((got_status, got_kind.as_str()), (status, kind), "{name}");
+    }
+    // Still serving.
+    let response = client.post(server.url("/search")).body(jpeg).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long wait makes the first request of a batch wait for the others.
+    let server = start(state(dir.path(), |c| {
+        c.batch.max_batch = 8;
+        c.batch.max_wait = Duration::from_millis(300);
+    }))
+    .await;
+    let client = reqwest::Client::new();
+    let requests = (0..16u32).map(|i| {
+        let client = client.clone();
+        let url = server.url("/search?k=3");
+        let png = encode(&picture(64, 48, i), ImageFormat::Png);
+        tokio::spawn(
+            async move { client.post(url).body(png).send().await.unwrap().json::<SearchResponse>().await.unwrap() },
+        )
+    });
+    let mut largest = 0;
+    for request in requests.collect::<Vec<_>>() {
+        let answer = request.await.unwrap();
+        assert!(answer.batch_images <= 8);
+        largest = largest.max(answer.batch_images);
+    }
+    assert!(largest > 1, "16 concurrent requests never shared a batch");
+    let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap()
+    };
+    let batches = value("hashsrv_batch_size_count");
+    let singles = value("hashsrv_batch_size_bucket{le=\"1\"}");
+    assert_eq!(value("hashsrv_batch_size_sum"), 16.0, "every image ran once");
+    assert!(batches < 16.0 && singles < batches, "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_sheds_load_with_503_and_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    // One waiting request at most, and each batch waits long for company: the queue fills.
+    let server = start(state(dir.path(), |c| {
+        c.batch.max_batch = 64;
+        c.batch.max_wait = Duration::from_millis(400);
+        c.batch.queue = 1;
+    }))
+    .await;
+    let client = reqwest::Client::new();
+    let png = encode(&picture(32, 32, 9), ImageFormat::Png);
+    let requests: Vec<_> = (0..24)
+        .map(|_| {
+            let request = client.post(server.url("/search")).body(png.clone());
+            tokio::spawn(async move { request.send().await.unwrap() })
+        })
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for request in requests {
+        let response = request.await.unwrap();
+        match response.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                assert_eq!(error_of(response).await.1, "overloaded");
+                shed += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    println!("queue of 1: {ok} served, {shed} shed");
+    assert!(ok >= 1 && shed >= 1, "{ok} served, {shed} shed");
+    let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("hashsrv_shed_total {shed}\n")), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_times_out_with_the_error_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(state(dir.path(), |c| {
+        c.batch.max_wait = Duration::from_secs(5);
+        c.batch.max_batch = 64;
+        c.request_timeout = Duration::from_millis(200);
+    }))
+    .await;
+    let client = reqwest::Client::new();
+    let png = encode(&picture(32, 32, 1), ImageFormat::Png);
+    let response = client.post(server.url("/search")).body(png).send().await.unwrap();
+    assert_eq!(error_of(response).await, (503, "timeout".to_string()));
+    let health = client.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_index_and_keeps_the_old_one_on_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(state(dir.path(), |_| {})).await;
+    let client = reqwest::Client::new();
+    let items = |health: &Value| health["index"]["items"].as_u64().unwrap();
+    let health: Value = client.get(server.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(items(&health), 15);
+
+    let small = dir.path().join("small.hidx");
+    build_index(&small, Some(4));
+    let response =
+        client.post(server.url("/admin/reload")).json(&serde_json::json!({ "index": small })).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let health: Value = client.get(server.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(items(&health), 4);
+    let answer: SearchResponse = client
+        .post(server.url("/search?k=10"))
+        .body(encode(&picture(40, 40, 2), ImageFormat::Png))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.queries[0].results.len(), 4, "searches use the new index");
+
+    let response = client
+        .post(server.url("/admin/reload"))
+        .json(&serde_json::json!({ "index": dir.path().join("missing.hidx") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(response).await.0, 422);
+    let health: Value = client.get(server.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(items(&health), 4, "a failed reload keeps the current index");
+    assert!(server.state.metrics.render().contains("hashsrv_index_items 4\n"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(state(dir.path(), |c| {
+        c.batch.max_wait = Duration::from_millis(800);
+        c.batch.max_batch = 64;
+    }))
+    .await;
+    let client = reqwest::Client::new();
+    let url = server.url("/search");
+    let png = encode(&picture(32, 32, 5), ImageFormat::Png);
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { client.post(url).body(png).send().await.unwrap().status().as_u16() }
+    });
+    // Wait until the request is queued in the batcher (it then waits there for company).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.state.metrics.stage("decode").unwrap().count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let addr = server.addr;
+    server.stop().await;
+    assert_eq!(in_flight.await.unwrap(), 200, "the request in flight was answered");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no new connections after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_load_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(state(dir.path(), |_| {})).await;
+    let client = reqwest::Client::new();
+    let bodies: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..8).map(|i| encode(&picture(500, 375, i), ImageFormat::Jpeg)).collect());
+    let (total, concurrency) = (500usize, 16usize);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, bodies, next) =
+                (client.clone(), server.url("/search?k=10"), bodies.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let response = client.post(&url).body(bodies[i % bodies.len()].clone()).send().await.unwrap();
+                    let status = response.status().as_u16();
+                    let _ = response.bytes().await.unwrap();
+                    latencies.push(t.elapsed());
+                    if status != 200 {
+                        errors.push(status);
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = Vec::new();
+    for worker in workers {
+        let (l, e) = worker.await.unwrap();
+        latencies.extend(l);
+        errors.extend(e);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "load: {total} requests (500x375 JPEG) at concurrency {concurrency}: {:.0} req/s, p50 {:?}, p99 {:?}, errors {}",
+        total as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        errors.len()
+    );
+    assert_eq!(latencies.len(), total);
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    server.stop().await;
+}
