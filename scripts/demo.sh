@@ -34,4 +34,4 @@ fi
 "$bin/hashsrv" evaluate --dataset fashion-mnist --data "$data" --model "$run/model.onnx" \
   --index "$run/train.hidx" --out "$run/report"
 echo "[demo] serving http://$addr/ (Ctrl-C to stop)"
-exec "$bin/hashsrv" serve --model "$run/model.onnx" --index "$run/train.hidx" --data "$data" --addr "$addr"
+exec "$bin/hashsrv" serve --model "$run/model.onnx" --index "$run/train.hidx" --dataset fashion-mnist --data "$data" --addr "$addr"
