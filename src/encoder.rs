@@ -257,7 +257,7 @@ impl Encoder {
     /// [`Encoder::check_against`] with the index's header.
     pub fn check_against_index(
         &self,
-        index: &crate::server::index_shim::CodeIndex,
+        index: &crate::index::CodeIndex,
         allow_mismatch: bool,
     ) -> Result<Vec<String>, EncoderError> {
         self.check_against(index.bits(), index.metadata().model_sha256.as_deref(), allow_mismatch)

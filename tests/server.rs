@@ -334,7 +334,7 @@ async fn a_model_that_does_not_match_the_index_is_refused_or_warned_about() {
     // An index built by "another" model: same bits, different hash.
     let other = dir.path().join("other.hidx");
     {
-        use hashsrv::server::index_shim::{IndexMetadata, IndexWriter};
+        use hashsrv::index::{IndexMetadata, IndexWriter};
         let metadata = IndexMetadata { model_sha256: Some("00".repeat(32)), ..IndexMetadata::default() };
         let mut writer = IndexWriter::create(&other, 16, metadata).unwrap();
         writer.push(&[0xABCD_u64 << 48], 0, 7, "x.png").unwrap();

@@ -13,8 +13,6 @@
 
 pub mod batcher;
 pub mod error;
-#[doc(hidden)]
-pub mod index_shim;
 pub mod metrics;
 pub mod routes;
 
@@ -28,10 +26,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 
 use self::batcher::{BatchConfig, Batcher};
-use self::index_shim::{CodeIndex, IndexError};
 use self::metrics::Metrics;
 use crate::dataset::{Dataset, DatasetError, DatasetKind, Item, OpenOptions, Split};
 use crate::encoder::{Encoder, EncoderError, EncoderOptions};
+use crate::index::{CodeIndex, IndexError};
 use crate::preprocess::DecodeLimits;
 
 /// Everything the server is started with.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use hashsrv::dataset::{Dataset, DatasetKind, OpenOptions, Split};
 use hashsrv::encoder::{Encoder, EncoderOptions};
-use hashsrv::server::index_shim::{IndexMetadata, IndexWriter};
+use hashsrv::index::{IndexMetadata, IndexWriter};
 use hashsrv::server::{AppState, ServerConfig};
 use image::{DynamicImage, ImageFormat, RgbImage};
 
