@@ -83,14 +83,22 @@ async fn throughput(url: &str, body: &[u8], total: usize, concurrency: usize) ->
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let model = PathBuf::from(args.first().context("usage: server_bench MODEL.onnx FASHION_MNIST_DIR [ITEMS] [REQUESTS]")?);
+    let model =
+        PathBuf::from(args.first().context("usage: server_bench MODEL.onnx FASHION_MNIST_DIR [ITEMS] [REQUESTS]")?);
     let data = PathBuf::from(args.get(1).context("the Fashion-MNIST folder is the second argument")?);
     let items: usize = args.get(2).map_or(Ok(1000), |s| s.parse())?;
     let requests: usize = args.get(3).map_or(Ok(160), |s| s.parse())?;
     let options = EncoderOptions { device: Device::Cpu, intra_threads: None };
     let encoder = Encoder::open(&model, &options)?;
     let bits = encoder.bits();
-    println!("model {} ({} bits, input {}x{}, {})", model.display(), bits, encoder.preprocess().crop, encoder.preprocess().crop, encoder.info().provider);
+    println!(
+        "model {} ({} bits, input {}x{}, {})",
+        model.display(),
+        bits,
+        encoder.preprocess().crop,
+        encoder.preprocess().crop,
+        encoder.info().provider
+    );
 
     // The index: the first `items` training images, encoded here.
     let dir = tempfile::tempdir()?;
@@ -155,7 +163,14 @@ fn main() -> anyhow::Result<()> {
     let _ = stop.send(());
     let (parts, e2e) = (median(parts), median(e2e));
     println!("\n| one 500x375 JPEG, median of 40 | ms |\n|---|---:|");
-    println!("| decode | {:.2} |\n| preprocess | {:.2} |\n| ORT run (batch 1) | {:.2} |\n| scan top-10 of {} | {:.3} |", median(decode_t), median(pre_t), median(ort_t), index.len(), median(scan_t));
+    println!(
+        "| decode | {:.2} |\n| preprocess | {:.2} |\n| ORT run (batch 1) | {:.2} |\n| scan top-10 of {} | {:.3} |",
+        median(decode_t),
+        median(pre_t),
+        median(ort_t),
+        index.len(),
+        median(scan_t)
+    );
     println!("| sum of the parts (in process) | {parts:.2} |\n| POST /search end to end | {e2e:.2} |");
     println!("| HTTP overhead | {:+.1}% |", (e2e / parts - 1.0) * 100.0);
 
