@@ -13,7 +13,6 @@
 
 pub mod batcher;
 pub mod error;
-#[doc(hidden)]
 pub mod metrics;
 pub mod routes;
 

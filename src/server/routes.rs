@@ -18,9 +18,9 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorKind};
+
 use super::{AppState, Loaded};
-use crate::index::HashCode;
-use crate::index::{SearchMethod, SearchOptions};
+use crate::index::{HashCode, SearchMethod, SearchOptions};
 use crate::preprocess::decode_image;
 
 const PAGE_HTML: &str = include_str!("page.html");
