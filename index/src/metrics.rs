@@ -218,6 +218,20 @@ pub struct RadiusEntry {
 }
 
 /// mAP@all of `queries` against `database` in one tie mode.
+///
+/// ```
+/// use hashsrv_index::code::CodeMatrix;
+/// use hashsrv_index::metrics::{TieMode, mean_average_precision};
+///
+/// // 8-bit codes, one word each (MSB-first): the query ties with both database items.
+/// let database = [0x0100_0000_0000_0000u64, 0x0100_0000_0000_0000];
+/// let query = [0u64];
+/// let (db, q) = (CodeMatrix::new(8, &database), CodeMatrix::new(8, &query));
+/// let map = |ties| mean_average_precision(db, &[5, 7], q, &[7], ties).unwrap().map;
+/// assert_eq!(map(TieMode::IndexOrder), 0.5); // the relevant item is second by position
+/// assert_eq!(map(TieMode::Optimistic), 1.0);
+/// assert_eq!(map(TieMode::Expected), 0.75); // first or second with equal chance
+/// ```
 pub fn mean_average_precision(
     database: CodeMatrix<'_>,
     database_labels: &[u32],
