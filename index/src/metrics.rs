@@ -7,8 +7,9 @@
 //! Per query, one pass over the database in position order counts items per Hamming distance
 //! (`bits + 1` buckets) and, for each relevant item, records its distance, its ordinal among all
 //! items of that distance seen so far and among the relevant ones. After the pass the bucket
-//! prefix sums give every relevant item's rank with ties broken by database position, so every
-//! metric costs O(N + bits) per query with no sort. Queries run in parallel with rayon; memory is
+//! prefix sums give every relevant item's rank with ties broken by database position, and the
+//! per-distance counts give the other tie modes in closed form, so every metric costs
+//! O(N + bits) per query with no sort. Queries run in parallel with rayon; memory is
 //! O(N + bits) per worker thread, independent of the number of queries.
 //!
 //! # Conventions
@@ -16,7 +17,8 @@
 //! - Relevant means "same label" ([`is_relevant`], the one place to change for multi-label data).
 //! - A query with no relevant database item has no defined AP: it is **excluded** from every mean
 //!   in the report (mAP, mAP@k, precision@k, radius and PR curve) and counted in `excluded`.
-//! - AP at rank positions `i` of the relevant items is the mean of `precision@i` (mAP@all).
+//! - The AP of a query is the mean of `precision@i` over the ranks `i` of its relevant items;
+//!   mAP@all is the mean AP over the evaluated queries.
 //! - Tie modes inside a group of equal distances: [`TieMode::IndexOrder`] ranks by database
 //!   position (numpy's stable argsort); [`TieMode::Expected`] is the exact expectation over a
 //!   uniformly random order (McSherry & Najork, ECIR 2008); [`TieMode::Optimistic`] puts relevant
@@ -216,6 +218,20 @@ pub struct RadiusEntry {
 }
 
 /// mAP@all of `queries` against `database` in one tie mode.
+///
+/// ```
+/// use hashsrv_index::code::CodeMatrix;
+/// use hashsrv_index::metrics::{TieMode, mean_average_precision};
+///
+/// // 8-bit codes, one word each (MSB-first): the query ties with both database items.
+/// let database = [0x0100_0000_0000_0000u64, 0x0100_0000_0000_0000];
+/// let query = [0u64];
+/// let (db, q) = (CodeMatrix::new(8, &database), CodeMatrix::new(8, &query));
+/// let map = |ties| mean_average_precision(db, &[5, 7], q, &[7], ties).unwrap().map;
+/// assert_eq!(map(TieMode::IndexOrder), 0.5); // the relevant item is second by position
+/// assert_eq!(map(TieMode::Optimistic), 1.0);
+/// assert_eq!(map(TieMode::Expected), 0.75); // first or second with equal chance
+/// ```
 pub fn mean_average_precision(
     database: CodeMatrix<'_>,
     database_labels: &[u32],
@@ -660,8 +676,8 @@ impl Pass<'_> {
         let mut visit = |d: u32, db_label: u32| {
             let d = d as usize;
             count[d] += 1;
-            // Written for every item, kept only for relevant ones: no unpredictable branch, and
-            // one 8-byte store (stores bound this loop).
+            // Written for every item, kept only for relevant ones: a branch on relevance would be
+            // mispredicted for about one item in ten (measured slower).
             hits[found] = (d as u64) << 32 | u64::from(count[d]);
             found += usize::from(is_relevant(label, db_label));
         };

@@ -480,3 +480,24 @@ proptest! {
         close(Some(got.map).filter(|m| !m.is_nan()), want, "expected mAP");
     }
 }
+
+#[test]
+fn config_defaults_and_report_json_name_the_conventions() {
+    let config: EvalConfig = serde_json::from_str("{}").unwrap();
+    assert_eq!(config, EvalConfig::default());
+    assert_eq!(config.radius, 2);
+    assert_eq!(config.ties, TieMode::ALL.to_vec());
+    let partial: EvalConfig = serde_json::from_str(r#"{"ties": ["expected"], "radius": 300}"#).unwrap();
+    assert_eq!(partial.ties, vec![TieMode::Expected]);
+
+    let (db, q) = pair(100, 16, 3, 50, 5, 16, 0.3);
+    // A radius past the code length is the whole database: precision = share of relevant items.
+    let report = evaluate(db.matrix(), &db.labels, q.matrix(), &q.labels, &partial).unwrap();
+    assert_eq!(report.radius.radius, 16);
+    assert_eq!(report.radius.recall, Some(1.0));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["map"][0]["ties"], "expected");
+    assert_eq!(json["map_at_k"][0]["ties"], "index-order");
+    assert_eq!(json["excluded_queries"], 0);
+    assert_eq!(json["relevance"], "same label");
+}
