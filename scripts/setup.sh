@@ -75,7 +75,7 @@ cat > "$VENV/hashsrv.env" <<ENV
 # Written by scripts/setup.sh; sourced by the project's scripts.
 export LIBTORCH_USE_PYTORCH=1
 export LIBTORCH_BYPASS_VERSION_CHECK=0
-export PATH="$VENV/bin:\$PATH"
+export PATH="$root/target/release:$VENV/bin:\$PATH"
 export ORT_DYLIB_PATH="$ort_dylib"
 export LD_LIBRARY_PATH="$torch_lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 ENV
