@@ -75,7 +75,8 @@ mod tests {
         // field 2 = "testing" is 12 07 74 65 73 74 69 6e 67.
         assert_eq!(Message::new().string(2, "testing").as_bytes(), b"\x12\x07testing");
         // Negative int64 is ten bytes, ending in 0x01.
-        let neg = Message::new().int(3, -1).as_bytes();
+        let mut neg = Message::new();
+        let neg = neg.int(3, -1).as_bytes();
         assert_eq!(neg.len(), 11);
         assert_eq!(neg[0], 0x18);
         assert_eq!(neg[10], 0x01);
