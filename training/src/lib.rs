@@ -5,4 +5,6 @@
 pub mod loader;
 pub mod loss;
 pub mod model;
+pub mod onnx;
+pub mod pretrained;
 pub mod sampler;
