@@ -8,8 +8,12 @@ so `state_dict()` has exactly torchvision's keys and shapes. Used by the hashsrv
       random weights and batch-norm statistics, written by torch.save (the format of
       resnet18-f37072fd.pth), by a hand-written safetensors writer, and as the reference:
       REF.json = [[key, shape], ...] of the float tensors, REF.bin = their float32 values (LE).
+  torchvision_resnet18.py save_views OUT.pth
+      a state dict of views sharing one storage (transposed, offset, strided) and other dtypes;
+      prints JSON {key: [shape, dtype, flat values]}.
 """
 
+import collections
 import json
 import struct
 import sys
@@ -95,6 +99,20 @@ def main():
         with open(ref + ".bin", "wb") as f:
             for _, v in floats:
                 f.write(v.numpy().astype("<f4").tobytes())
+    elif sys.argv[1] == "save_views":
+        base = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 8 - 1
+        views = {
+            "whole": base,
+            "transposed": base.t(),
+            "offset_rows": base[1:3],
+            "strided_cols": base[:, 1::2],
+            "half": base[2].half(),
+            "double": base[0].double(),
+            "long": torch.tensor([-(2**40), 3, 0], dtype=torch.long),
+            "scalar": torch.tensor(7.25),
+        }
+        torch.save(collections.OrderedDict(views), sys.argv[2])
+        print(json.dumps({k: [list(v.shape), str(v.dtype), v.flatten().tolist()] for k, v in views.items()}))
     else:
         sys.exit(f"unknown command {sys.argv[1]}")
 
