@@ -23,9 +23,9 @@ fn trained_net(bits: u32, stem: Stem, size: u32, seed: i64) -> (nn::VarStore, Ha
         for (name, mut t) in vs.variables() {
             let is_bn = name.starts_with("bn1") || name.contains(".bn") || name.contains("downsample.1");
             if is_bn && name.ends_with(".weight") {
-                let _ = t.copy_(&(Tensor::rand_like(&t) + 0.5));
+                t.copy_(&(Tensor::rand_like(&t) + 0.5));
             } else if is_bn && name.ends_with(".bias") {
-                let _ = t.copy_(&(Tensor::randn_like(&t) * 0.2));
+                t.copy_(&(Tensor::randn_like(&t) * 0.2));
             }
         }
         for _ in 0..3 {
