@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let labels = Tensor::arange(p, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(k, 0, None);
     let loss = TripletLoss { strategy: Strategy::BatchAll, margin: default_margin(bits), quantization: 0.0 };
     println!("recipe               wall img/s   img/CPU-s   (batch {}, {steps} steps, {threads} threads)", p * k);
-    for (input_size, stem) in [(28, Stem::ImageNet), (32, Stem::ImageNet), (28, Stem::Small), (32, Stem::Small)] {
+    for (input_size, stem) in [(32, Stem::ImageNet), (64, Stem::ImageNet), (28, Stem::Small), (32, Stem::Small)] {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let net = HashNet::new(&vs.root(), &HashNetConfig { bits, stem, input_size })?;
