@@ -9,5 +9,6 @@ pub mod cli;
 pub mod dataset;
 pub mod onnxruntime;
 pub mod preprocess;
+pub mod report;
 
 pub use hashsrv_index as index;

@@ -28,6 +28,8 @@ enum Command {
     Search(cli::search::Args),
     /// Retrieval metrics (mAP and friends) of a model or of imported codes against an index.
     Evaluate(cli::evaluate::Args),
+    /// Fit and evaluate a non-learned baseline (LSH or ITQ on pixels) on a data set's splits.
+    Baseline(cli::baseline::Args),
     /// Show an index file's header, classes and bit statistics.
     Info(cli::info::Args),
     /// Train a hash model: runs `hashsrv-train` (found beside this binary or on the PATH).
@@ -45,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::BuildIndex(args) => cli::build_index::run(args),
         Command::Search(args) => cli::search::run(args),
         Command::Evaluate(args) => cli::evaluate::run(args),
+        Command::Baseline(args) => cli::baseline::run(args),
         Command::Info(args) => cli::info::run(args),
         Command::Train(args) => cli::train::run(args),
         Command::Doctor(args) => cli::doctor::run(args),

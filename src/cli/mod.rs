@@ -2,6 +2,7 @@
 //! library. Each `run` returns the process exit code or an error whose message tells the user
 //! how to recover.
 
+pub mod baseline;
 pub mod build_index;
 pub mod doctor;
 pub mod evaluate;
@@ -20,4 +21,24 @@ pub fn init_logging() {
 /// The error of a subcommand whose capability has not landed yet: clear, never a silent stub.
 pub(crate) fn not_yet(command: &str, issue: u32) -> anyhow::Error {
     anyhow::anyhow!("`hashsrv {command}` is not available in this build yet (tracked in issue {issue})")
+}
+
+/// Opens a data set at `--data`, else at its default root (its environment variable, or Debian's
+/// Fashion-MNIST); with neither, the error names both and says how to get the data.
+pub(crate) fn open_dataset(
+    kind: crate::dataset::DatasetKind,
+    data: Option<&std::path::Path>,
+    options: &crate::dataset::OpenOptions,
+) -> anyhow::Result<crate::dataset::Dataset> {
+    let root = match data {
+        Some(root) => root.to_path_buf(),
+        None => kind.default_root().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no --data given for the {kind} data set and {} is not set; {}",
+                kind.env_var(),
+                kind.how_to_get()
+            )
+        })?,
+    };
+    Ok(crate::dataset::Dataset::open(kind, &root, options)?)
 }

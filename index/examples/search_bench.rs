@@ -1,0 +1,129 @@
+//! Times our search on codes written by `scripts/bench_index.py` (packed `numpy.packbits` rows),
+//! so FAISS and hashsrv search the very same codes in one run. Prints one JSON object per line.
+//!
+//! `search_bench codes=FILE queries=FILE bits=64 k=10 threads=1 mode=single|split|batch
+//! method=linear|mih|auto [radius=R] [repeats=3]`, or `search_bench mode=bandwidth mb=512`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use hashsrv_index::code::{HashCode, bytes_for_bits, words_for_bits};
+use hashsrv_index::{CodeIndex, CodeMatrix, IndexMetadata, IndexWriter, SearchMethod, SearchOptions};
+
+fn main() -> Result<()> {
+    let args: HashMap<String, String> =
+        std::env::args().skip(1).filter_map(|a| a.split_once('=').map(|(k, v)| (k.into(), v.into()))).collect();
+    let get = |k: &str, default: &str| args.get(k).cloned().unwrap_or_else(|| default.to_string());
+    let threads: usize = get("threads", "1").parse().context("threads=N")?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    if get("mode", "") == "bandwidth" {
+        let mb: usize = get("mb", "512").parse().context("mb=N")?;
+        pool.install(|| bandwidth(mb, threads));
+        return Ok(());
+    }
+    let bits: u32 = get("bits", "64").parse().context("bits=N")?;
+    let k: usize = get("k", "10").parse().context("k=N")?;
+    let radius: Option<u32> = args.get("radius").map(|r| r.parse()).transpose().context("radius=N")?;
+    let repeats: usize = get("repeats", "3").parse().context("repeats=N")?;
+    let method = match get("method", "linear").as_str() {
+        "linear" => SearchMethod::Linear,
+        "mih" => SearchMethod::MultiIndex,
+        "auto" => SearchMethod::Auto,
+        other => bail!("method={other}: expected linear, mih or auto"),
+    };
+    let mode = get("mode", "single");
+    let codes = read_codes(&get("codes", ""), bits)?;
+    let queries = read_codes(&get("queries", ""), bits)?;
+    let dir = std::env::temp_dir().join(format!("hashsrv-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("bench.hsidx");
+    let mut writer = IndexWriter::create(&path, bits, IndexMetadata::default())?;
+    for (i, code) in codes.chunks_exact(words_for_bits(bits)).enumerate() {
+        writer.push(code, 0, i as u64, "")?;
+    }
+    writer.finish()?;
+    let index = CodeIndex::open(&path)?;
+    let n = index.len();
+    let qs = CodeMatrix::new(bits, &queries);
+    let opts = SearchOptions { k, radius, method };
+    let t = Instant::now();
+    if method != SearchMethod::Linear {
+        index.prepare_multi_index();
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    let run = || -> Vec<Vec<(usize, u32)>> {
+        let results = match mode.as_str() {
+            "batch" => index.search_batch(qs, &opts),
+            "split" => (0..qs.len()).map(|q| index.search_split(qs.code(q), &opts)).collect(),
+            _ => (0..qs.len()).map(|q| index.search(qs.code(q), &opts)).collect(),
+        };
+        results.into_iter().map(|r| r.hits.into_iter().map(|h| (h.position, h.distance)).collect()).collect()
+    };
+    let mut hits = pool.install(run); // warm-up: page in the codes
+    let mut best = f64::INFINITY;
+    // CPU time is summed over all repeats: `/proc` counts it in 10 ms ticks.
+    let cpu = cpu_seconds();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        hits = pool.install(run);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let cpu_per_run = (cpu_seconds() - cpu) / repeats as f64;
+    let mih_used = pool.install(|| {
+        (0..qs.len().min(50)).filter(|&q| index.search(qs.code(q), &opts).method == SearchMethod::MultiIndex).count()
+    });
+    let per_query = best / qs.len() as f64;
+    let scanned = (n * qs.len()) as f64 / best;
+    let distances: Vec<Vec<u32>> = hits.iter().map(|h| h.iter().map(|&(_, d)| d).collect()).collect();
+    let json = serde_json::json!({
+        "mode": mode, "bits": bits, "n": n, "k": k, "radius": radius, "threads": threads,
+        "queries": qs.len(), "method": format!("{method:?}"), "seconds_per_query": per_query,
+        "cpu_seconds_per_query": cpu_per_run / qs.len() as f64,
+        "codes_per_second_per_core": scanned / threads as f64,
+        "gb_per_second": scanned * (words_for_bits(bits) * 8) as f64 / 1e9,
+        "mih_tables_seconds": build_s, "mih_used_of_first_50": mih_used,
+        "distances": distances, "first_positions": hits.first(),
+    });
+    println!("{json}");
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(())
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat` (clock ticks of 10 ms):
+/// on a shared machine it shows the work done, where wall time also counts waiting for a core.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Packed rows (`numpy.packbits` of each 0/1 code) to in-memory words.
+fn read_codes(path: &str, bits: u32) -> Result<Vec<u64>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading codes from {path:?}"))?;
+    let mut words = Vec::with_capacity(bytes.len() / bytes_for_bits(bits) * words_for_bits(bits));
+    for row in bytes.chunks_exact(bytes_for_bits(bits)) {
+        words.extend_from_slice(HashCode::from_packed(bits, row).with_context(|| path.to_string())?.words());
+    }
+    Ok(words)
+}
+
+/// Read bandwidth: sum a buffer of `mb` MiB per thread, best of 5.
+fn bandwidth(mb: usize, threads: usize) {
+    use rayon::prelude::*;
+    let words = mb * (1 << 20) / 8;
+    let buffers: Vec<Vec<u64>> = (0..threads).map(|t| (0..words as u64).map(|i| i ^ t as u64).collect()).collect();
+    let mut best = f64::INFINITY;
+    let mut sink = 0u64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        sink ^= buffers.par_iter().map(|b| b.iter().fold(0u64, |a, &x| a.wrapping_add(x))).reduce(|| 0, |a, b| a ^ b);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let gbps = (threads * words * 8) as f64 / best / 1e9;
+    println!(
+        "{}",
+        serde_json::json!({"mode": "bandwidth", "mb_per_thread": mb, "threads": threads, "gb_per_second": gbps, "sink": sink})
+    );
+}
