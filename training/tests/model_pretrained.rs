@@ -191,3 +191,42 @@ fn wrong_files_are_clear_errors_and_change_nothing() {
     assert_refused(&text, |e| matches!(e, PretrainedError::UnknownFormat { .. }));
     assert_refused(&dir.join("missing.pth"), |e| matches!(e, PretrainedError::Io { .. }));
 }
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+#[test]
+fn loaded_trunk_computes_what_torchvision_computes() {
+    // The same weights in torchvision's architecture (run by the real torch) and in ours must give
+    // the same features: this checks strides, paddings and the shortcut, not just the names.
+    let f = fixture();
+    let (n, size) = (2i64, 64i64);
+    let out = f.pth.with_file_name("torch");
+    let script = model_support::script("torchvision_resnet18.py");
+    let (n_arg, size_arg) = (n.to_string(), size.to_string());
+    model_support::run_python(&[
+        script.as_os_str(),
+        "features".as_ref(),
+        f.pth.as_os_str(),
+        n_arg.as_ref(),
+        size_arg.as_ref(),
+        out.as_os_str(),
+    ]);
+    let input = read_f32(&out.with_extension("input.bin"));
+    let expected = read_f32(&out.with_extension("features.bin"));
+
+    let config = HashNetConfig { bits: 16, stem: Stem::ImageNet, input_size: size as u32 };
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = HashNet::new(&vs.root(), &config).unwrap();
+    load_pretrained(&mut vs, &config, &f.pth).unwrap();
+    let xs = Tensor::from_slice(&input).view([n, 3, size, size]);
+    let features = tch::no_grad(|| net.features_t(&xs, false));
+    let got = Vec::<f32>::try_from(features.flatten(0, -1)).unwrap();
+    assert_eq!(got.len(), expected.len());
+    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max_diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    eprintln!("features up to {scale}, max |tch - torch| = {max_diff:e}");
+    assert!(scale > 0.1, "degenerate reference features (max {scale})");
+    assert!(max_diff <= 1e-5 * scale.max(1.0), "max |tch - torch| = {max_diff} (features up to {scale})");
+}

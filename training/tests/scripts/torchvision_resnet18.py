@@ -8,6 +8,9 @@ so `state_dict()` has exactly torchvision's keys and shapes. Used by the hashsrv
       random weights and batch-norm statistics, written by torch.save (the format of
       resnet18-f37072fd.pth), by a hand-written safetensors writer, and as the reference:
       REF.json = [[key, shape], ...] of the float tensors, REF.bin = their float32 values (LE).
+  torchvision_resnet18.py features IN.pth N SIZE OUT
+      loads IN.pth, runs the eval-mode trunk on a seeded random batch [N,3,SIZE,SIZE]:
+      OUT.input.bin and OUT.features.bin (float32 LE).
   torchvision_resnet18.py save_views OUT.pth
       a state dict of views sharing one storage (transposed, offset, strided) and other dtypes;
       prints JSON {key: [shape, dtype, flat values]}.
@@ -34,6 +37,12 @@ class BasicBlock(nn.Module):
         if stride != 1 or c_in != c_out:
             self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
 
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
 
 class ResNet18(nn.Module):
     def __init__(self):
@@ -50,6 +59,12 @@ class ResNet18(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, 1000)
 
+    def features(self, x):
+        """torchvision's forward up to the pooled, flattened trunk output (before fc)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
 
 def random_state_dict(seed=7):
     """The module's own state dict (an OrderedDict with `_metadata`, like the real checkpoint)."""
@@ -57,12 +72,17 @@ def random_state_dict(seed=7):
     sd = ResNet18().state_dict()
     with torch.no_grad():
         for k, v in sd.items():
+            # Scales that keep activations O(1), so forward comparisons are meaningful.
             if k.endswith("num_batches_tracked"):
                 v.fill_(1234)
             elif k.endswith("running_var"):
                 v.copy_(torch.rand(v.shape) + 0.5)
+            elif v.dim() == 4:
+                v.copy_(torch.randn(v.shape) * (2.0 / v[0].numel()) ** 0.5)
+            elif k.startswith("bn") or ".bn" in k or "downsample.1" in k:
+                v.copy_(torch.rand(v.shape) + 0.5 if k.endswith("weight") else torch.randn(v.shape) * 0.1)
             else:
-                v.copy_(torch.randn(v.shape))
+                v.copy_(torch.randn(v.shape) * 0.05)
     return sd
 
 
@@ -99,6 +119,19 @@ def main():
         with open(ref + ".bin", "wb") as f:
             for _, v in floats:
                 f.write(v.numpy().astype("<f4").tobytes())
+    elif sys.argv[1] == "features":
+        pth, n, size, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+        model = ResNet18()
+        model.load_state_dict(torch.load(pth))
+        model.eval()
+        torch.manual_seed(11)
+        x = torch.randn(n, 3, size, size)
+        with torch.no_grad():
+            y = model.features(x)
+        with open(out + ".input.bin", "wb") as f:
+            f.write(x.numpy().astype("<f4").tobytes())
+        with open(out + ".features.bin", "wb") as f:
+            f.write(y.numpy().astype("<f4").tobytes())
     elif sys.argv[1] == "save_views":
         base = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 8 - 1
         views = {
