@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use hashsrv::dataset::{Dataset, DatasetError, DatasetKind, Item, OpenOptions, Split};
 use hashsrv::preprocess::{IMAGENET_MEAN, IMAGENET_STD, Preprocess, Resize};
-use hashsrv_index::code::HashCode;
+use hashsrv_index::code::{CodeMatrix, HashCode, words_for_bits};
+use hashsrv_index::metrics::{MetricsError, TieMode, mean_average_precision};
+use hashsrv_index::{IndexError, IndexMetadata, IndexWriter};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
@@ -29,6 +31,7 @@ use crate::loader::{LoadError, Loader, Transform, sequential_batches};
 use crate::loss::{Strategy, TripletLoss};
 use crate::model::{HashNet, HashNetConfig, ModelError, Stem};
 use crate::onnx::{ExportError, ExportMetadata, export_onnx};
+use crate::pretrained::{self, PretrainedError};
 use crate::sampler::{PkSampler, SamplerError};
 
 /// Where the network runs.
@@ -223,8 +226,12 @@ pub enum TrainError {
     ResumeMismatch { dir: PathBuf, field: &'static str, found: String, wanted: String },
     #[error("the loss became {0} at epoch {1}: lower --lr or --margin")]
     Diverged(f64, u64),
-    #[error("{0}")]
-    NotMerged(&'static str),
+    #[error("loading pretrained weights: {0}")]
+    Pretrained(#[from] PretrainedError),
+    #[error("computing validation mAP: {0}")]
+    Metrics(#[from] MetricsError),
+    #[error("writing the index: {0}")]
+    Index(#[from] IndexError),
 }
 
 /// One epoch's training numbers.
@@ -247,8 +254,8 @@ pub struct EpochMetrics {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub epoch: u64,
-    /// mAP@all of the validation queries against the validation database half; `None` while the
-    /// metrics module is not merged.
+    /// mAP@all (index-order ties) of the validation queries against the validation database
+    /// half; `None` when no query has a relevant item.
     pub val_map: Option<f64>,
     pub queries: usize,
     pub database: usize,
@@ -315,7 +322,7 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
         start_epoch = resume(config, &checkpoints, &mut vs, &mut metrics)?;
         metrics.device = format!("{device:?}");
     } else if let Some(path) = &config.pretrained {
-        load_pretrained(&mut vs, path)?;
+        load_pretrained(&mut vs, config, path)?;
     }
 
     let labels: Vec<u32> = fit.iter().map(|item| item.label).collect();
@@ -487,7 +494,7 @@ pub fn encode(
     let progress = progress_bar(batches.len() as u64, label.to_string());
     let loader = Loader::spawn(Arc::clone(items), batches, preprocess.clone(), Transform::Eval, threads, 2)?;
     let side = i64::from(preprocess.crop);
-    let mut words = Vec::with_capacity(items.len() * hashsrv_index::code::words_for_bits(bits));
+    let mut words = Vec::with_capacity(items.len() * words_for_bits(bits));
     for batch in loader {
         let batch = batch?;
         let n = batch.len() as i64;
@@ -517,7 +524,7 @@ fn evaluate(
     let started = Instant::now();
     let words = encode(net, val, preprocess, device, config.batch.max(64), config.threads, "validation")?;
     let bits = config.bits;
-    let per_code = hashsrv_index::code::words_for_bits(bits);
+    let per_code = words_for_bits(bits);
     // Alternating halves: the split is in the official order, stratified, so both halves hold
     // every class in proportion.
     let (mut queries, mut database) = (Vec::new(), Vec::new());
@@ -532,7 +539,7 @@ fn evaluate(
         }
     }
     let ones: u64 = words.iter().map(|w| u64::from(w.count_ones())).sum();
-    let val_map = validation_map(bits, &database, &database_labels, &queries, &query_labels);
+    let val_map = validation_map(bits, &database, &database_labels, &queries, &query_labels)?;
     Ok(Evaluation {
         epoch,
         val_map,
@@ -543,31 +550,37 @@ fn evaluate(
     })
 }
 
-/// mAP@all (index-order ties) of the validation queries.
-///
-/// MERGE POINT (metrics): `hashsrv_index::metrics::mean_average_precision` lives on the metrics
-/// branch and is not in main yet. Once `git merge main` brings it, this becomes
-/// `Some(mean_average_precision(CodeMatrix::new(bits, database), database_labels,
-/// CodeMatrix::new(bits, queries), query_labels, TieMode::IndexOrder).map)`. Until then no mAP is
-/// reported and no `best` checkpoint is chosen (the last one is exported).
+/// mAP@all (index-order ties) of the validation queries against the database half; `None`
+/// when no query has a relevant item (a split too small to hold two of a class).
 fn validation_map(
     bits: u32,
     database: &[u64],
     database_labels: &[u32],
     queries: &[u64],
     query_labels: &[u32],
-) -> Option<f64> {
-    let _ = (bits, database, database_labels, queries, query_labels);
-    None
+) -> Result<Option<f64>, TrainError> {
+    let result = mean_average_precision(
+        CodeMatrix::new(bits, database),
+        database_labels,
+        CodeMatrix::new(bits, queries),
+        query_labels,
+        TieMode::IndexOrder,
+    )?;
+    Ok((result.queries > 0).then_some(result.map))
 }
 
-fn load_pretrained(_vs: &mut nn::VarStore, path: &Path) -> Result<(), TrainError> {
-    // MERGE POINT (pretrained): the torchvision / safetensors reader is the model helper's
-    // `pretrained` module, not in this crate yet.
-    Err(TrainError::Config(format!(
-        "--pretrained {}: loading pretrained weights is not available in this build yet; use --pretrained none",
-        path.display()
-    )))
+fn load_pretrained(vs: &mut nn::VarStore, config: &TrainConfig, path: &Path) -> Result<(), TrainError> {
+    let report = pretrained::load_pretrained(vs, &config.model_config(), path)?;
+    tracing::info!(
+        path = %path.display(),
+        loaded = report.loaded.len(),
+        skipped = report.skipped.len(),
+        "pretrained trunk weights loaded"
+    );
+    for (name, reason) in &report.skipped {
+        tracing::debug!(%name, %reason, "pretrained entry not used");
+    }
+    Ok(())
 }
 
 fn export_model(config: &TrainConfig, data: &Dataset, vs: &nn::VarStore, path: &Path) -> Result<String, TrainError> {
@@ -589,6 +602,8 @@ fn export_model(config: &TrainConfig, data: &Dataset, vs: &nn::VarStore, path: &
     Ok(export_onnx(vs, &config.model_config(), &meta, path)?)
 }
 
+/// Encodes the whole training split (evaluation transform) into `train.hidx`: item `i` of
+/// the split has id `i` and its data set path.
 fn export_index(
     config: &TrainConfig,
     data: &Dataset,
@@ -598,12 +613,25 @@ fn export_index(
     model_sha256: &str,
     path: &Path,
 ) -> Result<(), TrainError> {
-    let _ = (config, data, net, preprocess, device, model_sha256, path);
-    // MERGE POINT (index): `hashsrv_index::IndexWriter` is on the index branch, not in main yet.
-    Err(TrainError::NotMerged(
-        "writing train.hidx needs hashsrv_index::IndexWriter, which is not merged into main yet; the model and \
-         checkpoints are written",
-    ))
+    let train: Arc<[Item]> = data.split(Split::Train).into();
+    let words = encode(net, &train, preprocess, device, config.batch.max(64), config.threads, "index")?;
+    let mut extra = serde_json::Map::new();
+    extra.insert("split".into(), serde_json::json!(Split::Train));
+    extra.insert("preprocess".into(), serde_json::json!(preprocess));
+    let metadata = IndexMetadata {
+        model_sha256: Some(model_sha256.to_string()),
+        dataset: Some(config.dataset.to_string()),
+        class_names: data.class_names().to_vec(),
+        extra,
+    };
+    let mut writer = IndexWriter::create(path, config.bits, metadata)?;
+    let per_code = words_for_bits(config.bits);
+    for (i, (code, item)) in words.chunks(per_code).zip(train.iter()).enumerate() {
+        writer.push(code, item.label, i as u64, &item.path)?;
+    }
+    writer.finish()?;
+    tracing::info!(path = %path.display(), items = train.len(), "training split indexed");
+    Ok(())
 }
 
 fn progress_bar(len: u64, prefix: String) -> ProgressBar {

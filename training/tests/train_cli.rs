@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use sha2::Digest;
+
 const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 fn train(out: &Path, extra: &[&str]) -> Output {
@@ -22,8 +24,21 @@ fn json(path: &Path) -> serde_json::Value {
 fn short_run_writes_its_artefacts_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let common =
-        ["--limit-train", "200", "--limit-test", "100", "--bits", "16", "--input-size", "28", "--threads", "2"];
+    // 30% validation so that each class has a few validation images in both halves.
+    let common = [
+        "--limit-train",
+        "200",
+        "--limit-test",
+        "100",
+        "--bits",
+        "16",
+        "--input-size",
+        "28",
+        "--threads",
+        "2",
+        "--val-fraction",
+        "0.3",
+    ];
     let first = train(&out, &[&common[..], &["--epochs", "1"]].concat());
     let stderr = String::from_utf8_lossy(&first.stderr);
 
@@ -39,11 +54,16 @@ fn short_run_writes_its_artefacts_and_resumes() {
     assert_eq!(epochs.len(), 1, "{stderr}");
     let loss = epochs[0]["loss"].as_f64().unwrap();
     assert!(loss.is_finite() && loss >= 0.0, "{loss}");
-    // 200 items, 10% validation: 180 fit -> round(180 / 80) = 2 batches of 80.
+    // 200 items, 30% validation: 140 fit -> round(140 / 80) = 2 batches of 80.
     assert_eq!(epochs[0]["images"], 160);
     let evaluations = metrics["evaluations"].as_array().unwrap();
     assert_eq!(evaluations.len(), 1);
-    assert_eq!(evaluations[0]["queries"].as_u64().unwrap() + evaluations[0]["database"].as_u64().unwrap(), 20);
+    assert_eq!(evaluations[0]["queries"], 30);
+    assert_eq!(evaluations[0]["database"], 30);
+    let map = evaluations[0]["val_map"].as_f64().expect("validation mAP computed");
+    assert!(map > 0.0 && map <= 1.0, "{map}");
+    assert_eq!(metrics["best"], serde_json::json!([1, map]), "the only evaluation is the best");
+    assert_eq!(json(&out.join("checkpoints/best.json"))["val_map"], map);
     let ones = evaluations[0]["ones_fraction"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&ones));
 
@@ -54,12 +74,27 @@ fn short_run_writes_its_artefacts_and_resumes() {
         std::fs::metadata(out.join("checkpoints/last.safetensors")).unwrap().len() > 40_000_000,
         "ResNet-18 weights"
     );
-    assert!(std::fs::metadata(out.join("model.onnx")).unwrap().len() > 40_000_000, "{stderr}");
+    assert!(first.status.success(), "{stderr}");
 
-    // The index export waits for hashsrv_index::IndexWriter to be merged: the run says so and
-    // fails after everything else is written. Flip to asserting train.hidx once it lands.
-    assert!(!first.status.success());
-    assert!(stderr.contains("train.hidx") && stderr.contains("not merged"), "{stderr}");
+    // The index holds the whole training split (validation included), under the model's hash.
+    let model = std::fs::read(out.join("model.onnx")).unwrap();
+    assert!(model.len() > 40_000_000);
+    let sha256: String = sha2::Sha256::digest(&model).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(String::from_utf8_lossy(&first.stdout).contains(&sha256));
+    let index = hashsrv_index::CodeIndex::open(&out.join("train.hidx")).unwrap();
+    index.verify().unwrap();
+    assert_eq!(index.bits(), 16);
+    assert_eq!(index.len(), 200);
+    assert_eq!(index.metadata().model_sha256.as_deref(), Some(sha256.as_str()));
+    assert_eq!(index.metadata().dataset.as_deref(), Some("fashion-mnist"));
+    assert_eq!(index.metadata().class_names.len(), 10);
+    let mut per_class = [0usize; 10];
+    for &label in index.labels() {
+        per_class[label as usize] += 1;
+    }
+    assert_eq!(per_class, [20; 10], "stratified 200");
+    assert_eq!(index.id(7), 7);
+    assert!(index.path(0).contains("train-images"), "{}", index.path(0));
 
     // A second epoch from the checkpoint: one more epoch trained, history kept.
     let second = train(&out, &[&common[..], &["--epochs", "2", "--resume"]].concat());
