@@ -186,7 +186,8 @@ impl TrainConfig {
         if self.epochs == 0 || self.eval_every == 0 || self.threads == 0 {
             return fail("--epochs, --eval-every and --threads must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.margin > 0.0 && self.margin.is_finite()) {
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !positive(self.lr) || !positive(self.margin) {
             return fail(format!("--lr ({}) and --margin ({}) must be positive", self.lr, self.margin));
         }
         Ok(())
