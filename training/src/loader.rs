@@ -188,6 +188,81 @@ fn image_seed(seed: u64, epoch: u64, batch: usize, position: usize) -> u64 {
 mod tests {
     use super::*;
 
+    use hashsrv::dataset::{Dataset, DatasetKind, OpenOptions, Split};
+
+    /// 50 real Fashion-MNIST images (Debian's files).
+    fn items() -> Arc<[Item]> {
+        let options = OpenOptions { limit_train: Some(50), seed: 3, ..OpenOptions::default() };
+        let data = Dataset::open(
+            DatasetKind::FashionMnist,
+            std::path::Path::new("/usr/share/datasets/fashion-mnist"),
+            &options,
+        )
+        .expect("Fashion-MNIST from dataset-fashion-mnist");
+        data.split(Split::Train).into()
+    }
+
+    fn collect(loader: Loader) -> Vec<Batch> {
+        loader.map(|b| b.unwrap()).collect()
+    }
+
+    #[test]
+    fn eval_batches_are_the_eval_transform_in_order() {
+        let items = items();
+        let p = Preprocess::small(32);
+        let batches = collect(
+            Loader::spawn(items.clone(), sequential_batches(50, 16), p.clone(), Transform::Eval, 2, 1).unwrap(),
+        );
+        assert_eq!(batches.iter().map(Batch::len).collect::<Vec<_>>(), vec![16, 16, 16, 2]);
+        let mut expected = vec![0f32; p.tensor_len()];
+        for (b, batch) in batches.iter().enumerate() {
+            assert_eq!(batch.index, b);
+            for (j, &i) in batch.items.iter().enumerate() {
+                assert_eq!(i, b * 16 + j);
+                assert_eq!(batch.labels[j], items[i].label);
+                p.eval_into(&items[i].load().unwrap(), &mut expected).unwrap();
+                assert_eq!(&batch.images[j * p.tensor_len()..(j + 1) * p.tensor_len()], &expected[..], "item {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn train_batches_are_seeded_not_scheduled() {
+        let items = items();
+        let p = Preprocess::small(28);
+        let plan = vec![vec![3, 1, 4, 1, 5], vec![9, 2, 6]];
+        let run = |threads, seed, epoch| {
+            collect(
+                Loader::spawn(items.clone(), plan.clone(), p.clone(), Transform::Train { seed, epoch }, threads, 1)
+                    .unwrap(),
+            )
+            .into_iter()
+            .flat_map(|b| b.images)
+            .collect::<Vec<f32>>()
+        };
+        let one = run(1, 7, 0);
+        assert_eq!(one, run(3, 7, 0), "same seed and epoch, other thread count: same pixels");
+        assert_ne!(one, run(1, 7, 1), "another epoch augments differently");
+        assert_eq!(one.len(), 8 * p.tensor_len());
+    }
+
+    #[test]
+    fn bad_indices_fail_and_dropping_stops_the_producer() {
+        let items = items();
+        let mut loader =
+            Loader::spawn(items.clone(), vec![vec![0], vec![50]], Preprocess::small(28), Transform::Eval, 1, 1)
+                .unwrap();
+        assert!(loader.next().unwrap().is_ok());
+        let err = loader.next().unwrap().unwrap_err();
+        assert!(matches!(err, LoadError::IndexOutOfRange { index: 50, len: 50, .. }), "{err}");
+        assert!(loader.next().is_none(), "the pass ends at the first error");
+        // Many batches, a queue of one, read one and drop: must return, not block.
+        let mut loader =
+            Loader::spawn(items, sequential_batches(50, 1), Preprocess::small(28), Transform::Eval, 1, 1).unwrap();
+        assert!(loader.next().is_some());
+        drop(loader);
+    }
+
     #[test]
     fn sequential_batches_cover_in_order() {
         assert_eq!(sequential_batches(5, 2), vec![vec![0, 1], vec![2, 3], vec![4]]);
