@@ -203,20 +203,3 @@ impl ModuleT for HashNet {
         HashNet::forward_t(self, xs, train)
     }
 }
-
-/// The variable names of the trunk's conv / batch-norm pairs in forward order, e.g.
-/// `("layer2.0.downsample.0", "layer2.0.downsample.1")`; the exporter and the loader walk these.
-pub fn conv_bn_names() -> Vec<(String, String)> {
-    let mut names = vec![("conv1".to_string(), "bn1".to_string())];
-    for stage in 1..=STAGE_CHANNELS.len() {
-        for block in 0..BLOCKS_PER_STAGE {
-            let b = format!("layer{stage}.{block}");
-            names.push((format!("{b}.conv1"), format!("{b}.bn1")));
-            names.push((format!("{b}.conv2"), format!("{b}.bn2")));
-            if stage > 1 && block == 0 {
-                names.push((format!("{b}.downsample.0"), format!("{b}.downsample.1")));
-            }
-        }
-    }
-    names
-}

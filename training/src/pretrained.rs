@@ -24,6 +24,11 @@ pub enum PretrainedError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is neither a torch.save zip (.pth) nor a safetensors file")]
     UnknownFormat { path: PathBuf },
+    #[error(
+        "{path} uses torch.save's legacy (pre-1.6) format; re-save it with \
+         `torch.save(torch.load(path), new_path)` in a current torch, or convert it to safetensors"
+    )]
+    LegacyFormat { path: PathBuf },
     #[error("{path}: {what}")]
     Archive { path: PathBuf, what: String },
     #[error("{path}: data.pkl: {source}")]
@@ -62,6 +67,8 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>, PretrainedE
         // safetensors: u64 header length, then the JSON header.
         [_, _, _, _, _, _, _, _, b'{'] => Tensor::read_safetensors(path)
             .map_err(|e| PretrainedError::Tensor { path: path.to_path_buf(), what: e.to_string() }),
+        // The legacy format is a bare pickle starting with torch's magic number (a LONG1).
+        [0x80, 0x02, 0x8a, 0x0a, ..] => Err(PretrainedError::LegacyFormat { path: path.to_path_buf() }),
         _ => Err(PretrainedError::UnknownFormat { path: path.to_path_buf() }),
     }
 }

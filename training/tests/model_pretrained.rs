@@ -186,6 +186,11 @@ fn wrong_files_are_clear_errors_and_change_nothing() {
         assert_refused(&truncated, |e| matches!(e, PretrainedError::Archive { .. }));
     }
 
+    let legacy = dir.join("legacy.pth");
+    let script = model_support::script("torchvision_resnet18.py");
+    model_support::run_python(&[script.as_os_str(), "save_legacy".as_ref(), legacy.as_os_str()]);
+    assert_refused(&legacy, |e| matches!(e, PretrainedError::LegacyFormat { .. }));
+
     let text = dir.join("notes.txt");
     std::fs::write(&text, "not a checkpoint at all").unwrap();
     assert_refused(&text, |e| matches!(e, PretrainedError::UnknownFormat { .. }));

@@ -11,6 +11,7 @@ so `state_dict()` has exactly torchvision's keys and shapes. Used by the hashsrv
   torchvision_resnet18.py features IN.pth N SIZE OUT
       loads IN.pth, runs the eval-mode trunk on a seeded random batch [N,3,SIZE,SIZE]:
       OUT.input.bin and OUT.features.bin (float32 LE).
+  torchvision_resnet18.py save_legacy OUT.pth    -> a tiny state dict in the pre-1.6 format
   torchvision_resnet18.py save_views OUT.pth
       a state dict of views sharing one storage (transposed, offset, strided) and other dtypes;
       prints JSON {key: [shape, dtype, flat values]}.
@@ -132,6 +133,8 @@ def main():
             f.write(x.numpy().astype("<f4").tobytes())
         with open(out + ".features.bin", "wb") as f:
             f.write(y.numpy().astype("<f4").tobytes())
+    elif sys.argv[1] == "save_legacy":
+        torch.save({"x": torch.zeros(2)}, sys.argv[2], _use_new_zipfile_serialization=False)
     elif sys.argv[1] == "save_views":
         base = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 8 - 1
         views = {
