@@ -322,7 +322,12 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
     if config.resume && checkpoints.info("last")?.is_some() {
         start_epoch = resume(config, &checkpoints, &mut vs, &mut metrics)?;
         metrics.device = format!("{device:?}");
-    } else if let Some(path) = &config.pretrained {
+    } else if config.resume {
+        tracing::info!(dir = %checkpoints.dir().display(), "no checkpoint to resume from: starting from scratch");
+    }
+    if start_epoch == 0
+        && let Some(path) = &config.pretrained
+    {
         load_pretrained(&mut vs, config, path)?;
     }
 
