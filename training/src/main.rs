@@ -1,7 +1,176 @@
-//! `hashsrv-train`: trains the hash model with tch (libtorch) and exports ONNX and the index.
+//! `hashsrv-train`: the command line over [`hashsrv_train::train::run`]. Trains the hash model
+//! with tch (libtorch) and writes `model.onnx`, `train.hidx`, `checkpoints/`, `config.json` and
+//! `metrics.json` into `--out`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("error: `hashsrv-train` is not available in this build yet (tracked in issue 4)");
-    eprintln!("libtorch 2.13 linked; CUDA available: {}", tch::Cuda::is_available());
-    std::process::ExitCode::FAILURE
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use hashsrv::dataset::DatasetKind;
+use hashsrv_train::loss::{Strategy, default_margin};
+use hashsrv_train::model::Stem;
+use hashsrv_train::train::{DeviceChoice, TrainConfig, run};
+
+/// Trains the deep hash model (ResNet-18 + FC + tanh) with the triplet ranking loss.
+#[derive(Debug, Parser)]
+#[command(name = "hashsrv-train", version, about)]
+struct Args {
+    /// Data set: cub, dogs, fashion-mnist or folder.
+    #[arg(long, alias = "dataset_name")]
+    dataset: DatasetKind,
+    /// Root of the data set (default: its environment variable, or Debian's Fashion-MNIST).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Code length in bits.
+    #[arg(long, alias = "binary_bits", default_value_t = 64)]
+    bits: u32,
+    /// Triplet margin on squared distances (default: bits / 4 + 4, i.e. 8 for 16 bits, 20 for 64).
+    #[arg(long)]
+    margin: Option<f64>,
+    /// Triplets per batch: batch-all or batch-hard.
+    #[arg(long, default_value = "batch-all")]
+    strategy: Strategy,
+    /// Weight of the quantization regulariser mean((|F| - 1)^2); 0 disables it.
+    #[arg(long, default_value_t = 0.0)]
+    quantization: f64,
+    /// SGD learning rate (momentum 0.9, weight decay 5e-4).
+    #[arg(long, default_value_t = 0.001)]
+    lr: f64,
+    /// Multiply the learning rate by --lr-gamma every this many epochs (default: 2/3 of the epochs).
+    #[arg(long)]
+    lr_step: Option<u64>,
+    #[arg(long, default_value_t = 0.1)]
+    lr_gamma: f64,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// Images per batch (classes-per-batch x images per class).
+    #[arg(long, default_value_t = 80)]
+    batch: usize,
+    /// Classes per batch (P of the P x K sampler).
+    #[arg(long, default_value_t = 10)]
+    classes_per_batch: usize,
+    #[arg(long, default_value_t = 10)]
+    epochs: u64,
+    /// auto, cpu, cuda or cuda:N (the seed's --ngpu count: 0 = cpu).
+    #[arg(long, alias = "ngpu", default_value = "auto")]
+    device: DeviceChoice,
+    /// Keep a stratified subset of this many training images.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Keep a stratified subset of this many test images.
+    #[arg(long)]
+    limit_test: Option<usize>,
+    /// Fraction of the training split held out for validation (model selection).
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Side of the square network input (default: 32 for fashion-mnist, 224 otherwise).
+    #[arg(long)]
+    input_size: Option<u32>,
+    /// imagenet (7x7/2 + max pool) or small (3x3/1; default for inputs up to 64 pixels).
+    #[arg(long)]
+    stem: Option<StemArg>,
+    /// `none` or a ResNet-18 checkpoint (torchvision .pth or safetensors).
+    #[arg(long, default_value = "none")]
+    pretrained: String,
+    /// Continue from <out>/checkpoints/last.
+    #[arg(long)]
+    resume: bool,
+    /// Evaluate validation mAP every this many epochs (and after the last).
+    #[arg(long, default_value_t = 1)]
+    eval_every: u64,
+    /// Threads for libtorch and the image loader (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Batches the loader prepares ahead.
+    #[arg(long, default_value_t = 4)]
+    prefetch: usize,
+    /// Leave out images that cannot be read instead of failing.
+    #[arg(long)]
+    skip_unreadable: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum StemArg {
+    Imagenet,
+    Small,
+}
+
+impl Args {
+    fn into_config(self) -> TrainConfig {
+        let input_size = self.input_size.unwrap_or_else(|| self.dataset.default_preprocess().crop);
+        let stem = match self.stem {
+            Some(StemArg::Imagenet) => Stem::ImageNet,
+            Some(StemArg::Small) => Stem::Small,
+            None if input_size <= 64 => Stem::Small,
+            None => Stem::ImageNet,
+        };
+        let pretrained = match self.pretrained.trim() {
+            "" | "none" => None,
+            path => Some(PathBuf::from(path)),
+        };
+        TrainConfig {
+            dataset: self.dataset,
+            data: self.data,
+            out: self.out,
+            bits: self.bits,
+            margin: self.margin.unwrap_or_else(|| default_margin(self.bits)),
+            strategy: self.strategy,
+            quantization: self.quantization,
+            lr: self.lr,
+            lr_step: self.lr_step.unwrap_or_else(|| (self.epochs * 2).div_ceil(3).max(1)),
+            lr_gamma: self.lr_gamma,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            batch: self.batch,
+            classes_per_batch: self.classes_per_batch,
+            epochs: self.epochs,
+            device: self.device,
+            limit_train: self.limit_train,
+            limit_test: self.limit_test,
+            val_fraction: self.val_fraction,
+            seed: self.seed,
+            input_size,
+            stem,
+            pretrained,
+            resume: self.resume,
+            eval_every: self.eval_every,
+            threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            prefetch: self.prefetch,
+            skip_unreadable: self.skip_unreadable,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Args::parse().into_config();
+    match train(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn train(config: &TrainConfig) -> anyhow::Result<()> {
+    let summary = run(config).with_context(|| format!("training into {}", config.out.display()))?;
+    match summary.metrics.best {
+        Some((epoch, map)) => println!("best validation mAP {map:.4} at epoch {epoch}"),
+        None => println!("no validation mAP computed"),
+    }
+    println!("model  {} (sha256 {})", summary.model.display(), summary.model_sha256);
+    println!("index  {}", summary.index.display());
+    Ok(())
 }

@@ -1,0 +1,655 @@
+//! The training run: data set and splits, P x K batches through the parallel loader, SGD on the
+//! triplet loss, validation mAP, checkpoints, and at the end the exported model and the
+//! training split's index.
+//!
+//! Files written into the output folder: `config.json` (the resolved configuration, at the
+//! start), `metrics.json` (per-epoch loss and speed, validation mAP per evaluation; rewritten
+//! after every epoch), `checkpoints/` (see [`crate::checkpoint`]), `model.onnx` and `train.hidx`.
+//!
+//! Model selection uses only the validation split: its codes are split into alternating halves,
+//! one half the queries and the other the database, so an evaluation costs one pass over Val and
+//! no query finds itself. The test split is never touched here.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hashsrv::dataset::{Dataset, DatasetError, DatasetKind, Item, OpenOptions, Split};
+use hashsrv::preprocess::{IMAGENET_MEAN, IMAGENET_STD, Preprocess, Resize};
+use hashsrv_index::code::{CodeMatrix, HashCode, words_for_bits};
+use hashsrv_index::metrics::{MetricsError, TieMode, mean_average_precision};
+use hashsrv_index::{IndexError, IndexMetadata, IndexWriter};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{CheckpointError, CheckpointInfo, Checkpoints, write_atomically};
+use crate::loader::{LoadError, Loader, Transform, sequential_batches};
+use crate::loss::{Strategy, TripletLoss};
+use crate::model::{HashNet, HashNetConfig, ModelError, Stem};
+use crate::onnx::{ExportError, ExportMetadata, export_onnx};
+use crate::pretrained::{self, PretrainedError};
+use crate::sampler::{PkSampler, SamplerError};
+
+/// Where the network runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// The first CUDA device when libtorch sees one, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    /// `auto`, `cpu`, `cuda`, `cuda:N`; a bare number is the seed's `--ngpu` count: `0` is the
+    /// CPU and any other count the first GPU (training uses one device).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "auto" => return Ok(DeviceChoice::Auto),
+            "cpu" => return Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => return Ok(DeviceChoice::Cuda(0)),
+            _ => {}
+        }
+        if let Some(n) = s.strip_prefix("cuda:").or_else(|| s.strip_prefix("gpu:")) {
+            return n.parse().map(DeviceChoice::Cuda).map_err(|_| format!("invalid CUDA device number in {s:?}"));
+        }
+        match s.parse::<usize>() {
+            Ok(0) => Ok(DeviceChoice::Cpu),
+            Ok(_) => Ok(DeviceChoice::Cuda(0)),
+            Err(_) => Err(format!("unknown device {s:?}: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The tch device; asking for CUDA where libtorch sees none is an error.
+    pub fn resolve(self) -> Result<Device, TrainError> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+            DeviceChoice::Cuda(n) => {
+                let count = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+                if n < count {
+                    Ok(Device::Cuda(n))
+                } else {
+                    Err(TrainError::Config(format!(
+                        "--device cuda:{n} asked for a GPU, but libtorch sees {count} CUDA device(s) \
+                         (tch::Cuda::is_available() is {}); use --device cpu, or --device auto to use a GPU only \
+                         when there is one",
+                        tch::Cuda::is_available()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Everything a run is made of; written to `config.json` with every default resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub dataset: DatasetKind,
+    /// The data set's root; `None` uses its default location.
+    pub data: Option<PathBuf>,
+    pub out: PathBuf,
+    pub bits: u32,
+    pub margin: f64,
+    pub strategy: Strategy,
+    /// Weight of the quantization regulariser (0 disables it).
+    pub quantization: f64,
+    pub lr: f64,
+    /// The learning rate is multiplied by `lr_gamma` every `lr_step` epochs.
+    pub lr_step: u64,
+    pub lr_gamma: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Images per batch: `classes_per_batch` x (`batch / classes_per_batch`).
+    pub batch: usize,
+    pub classes_per_batch: usize,
+    pub epochs: u64,
+    pub device: DeviceChoice,
+    pub limit_train: Option<usize>,
+    pub limit_test: Option<usize>,
+    pub val_fraction: f32,
+    pub seed: u64,
+    pub input_size: u32,
+    pub stem: Stem,
+    /// A torchvision / safetensors ResNet-18 checkpoint to start from; `None` trains from scratch.
+    pub pretrained: Option<PathBuf>,
+    pub resume: bool,
+    /// Evaluate on the validation split every this many epochs (and after the last).
+    pub eval_every: u64,
+    /// Threads for libtorch and for the loader.
+    pub threads: usize,
+    /// Batches the loader prepares ahead.
+    pub prefetch: usize,
+    pub skip_unreadable: bool,
+}
+
+impl TrainConfig {
+    /// The preprocessing of this run: the data set's kind at `input_size`.
+    pub fn preprocess(&self) -> Preprocess {
+        match self.dataset {
+            DatasetKind::FashionMnist => Preprocess::small(self.input_size),
+            // ImageNet proportions: resize the shorter side to 8/7 of the crop (256 for 224).
+            _ => Preprocess {
+                resize: Resize::ShorterSide(self.input_size * 8 / 7),
+                crop: self.input_size,
+                mean: IMAGENET_MEAN,
+                std: IMAGENET_STD,
+            },
+        }
+    }
+
+    pub fn model_config(&self) -> HashNetConfig {
+        HashNetConfig { bits: self.bits, stem: self.stem, input_size: self.input_size }
+    }
+
+    /// The learning rate of 0-based `epoch` under the step schedule.
+    pub fn lr_at(&self, epoch: u64) -> f64 {
+        self.lr * self.lr_gamma.powi((epoch / self.lr_step.max(1)) as i32)
+    }
+
+    /// Checks what the run cannot start with.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.model_config().validate()?;
+        self.preprocess().validate().map_err(|e| TrainError::Config(e.to_string()))?;
+        let fail = |m: String| Err(TrainError::Config(m));
+        if self.classes_per_batch < 2 || self.batch < self.classes_per_batch * 2 {
+            return fail(format!(
+                "--batch {} with --classes-per-batch {} leaves fewer than 2 classes or 2 images per class; the \
+                 triplet loss needs both",
+                self.batch, self.classes_per_batch
+            ));
+        }
+        if !self.batch.is_multiple_of(self.classes_per_batch) {
+            return fail(format!(
+                "--batch {} is not a multiple of --classes-per-batch {}",
+                self.batch, self.classes_per_batch
+            ));
+        }
+        if self.epochs == 0 || self.eval_every == 0 || self.threads == 0 {
+            return fail("--epochs, --eval-every and --threads must be at least 1".into());
+        }
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !positive(self.lr) || !positive(self.margin) {
+            return fail(format!("--lr ({}) and --margin ({}) must be positive", self.lr, self.margin));
+        }
+        Ok(())
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("exporting the model: {0}")]
+    Export(#[from] ExportError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot resume: the checkpoint in {} was trained with {field} {found}, this run asks for {wanted}; \
+         use another --out or drop --resume",
+        dir.display()
+    )]
+    ResumeMismatch { dir: PathBuf, field: &'static str, found: String, wanted: String },
+    #[error("the loss became {0} at epoch {1}: lower --lr or --margin")]
+    Diverged(f64, u64),
+    #[error("loading pretrained weights: {0}")]
+    Pretrained(#[from] PretrainedError),
+    #[error("computing validation mAP: {0}")]
+    Metrics(#[from] MetricsError),
+    #[error("writing the index: {0}")]
+    Index(#[from] IndexError),
+}
+
+/// One epoch's training numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: u64,
+    pub lr: f64,
+    /// Mean total loss over the epoch's batches.
+    pub loss: f64,
+    /// Mean over batches of the fraction of valid triplets (anchors) with a positive loss.
+    pub active_fraction: f64,
+    pub quantization: f64,
+    pub images: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// One validation evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub epoch: u64,
+    /// mAP@all (index-order ties) of the validation queries against the validation database
+    /// half; `None` when no query has a relevant item.
+    pub val_map: Option<f64>,
+    pub queries: usize,
+    pub database: usize,
+    /// Fraction of code bits that are 1 (a collapsed code shows as 0 or 1).
+    pub ones_fraction: f64,
+    pub seconds: f64,
+}
+
+/// `metrics.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub device: String,
+    pub epochs: Vec<EpochMetrics>,
+    pub evaluations: Vec<Evaluation>,
+    /// Epoch and validation mAP of the checkpoint kept as `best`.
+    pub best: Option<(u64, f64)>,
+}
+
+/// What a finished run produced.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub metrics: Metrics,
+    pub model: PathBuf,
+    pub model_sha256: String,
+    pub index: PathBuf,
+}
+
+/// Trains, evaluates, checkpoints and exports as `config` says.
+pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
+    config.validate()?;
+    let device = config.device.resolve()?;
+    tracing::info!(device = ?device, requested = %config.device, "training device");
+    tch::set_num_threads(config.threads as i32);
+    let out = &config.out;
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Io { path: out.clone(), source })?;
+
+    let options = OpenOptions {
+        val_fraction: config.val_fraction,
+        seed: config.seed,
+        limit_train: config.limit_train,
+        limit_test: config.limit_test,
+        skip_unreadable: config.skip_unreadable,
+    };
+    let data = match &config.data {
+        Some(root) => Dataset::open(config.dataset, root, &options)?,
+        None => Dataset::open_default(config.dataset, &options)?,
+    };
+    for skipped in data.skipped() {
+        tracing::warn!(split = %skipped.split, path = %skipped.path, reason = %skipped.reason, "skipped unreadable image");
+    }
+    let fit: Arc<[Item]> = data.split(Split::Fit).into();
+    let val: Arc<[Item]> = data.split(Split::Val).into();
+    tracing::info!(fit = fit.len(), val = val.len(), train = data.split(Split::Train).len(), "data set opened");
+    let config_json = serde_json::to_value(config).map_err(|e| TrainError::Config(e.to_string()))?;
+    write_json(&out.join("config.json"), &config_json)?;
+
+    tch::manual_seed(config.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let net = HashNet::new(&vs.root(), &config.model_config())?;
+    let checkpoints = Checkpoints::create(out)?;
+    let mut metrics = Metrics { device: format!("{device:?}"), ..Metrics::default() };
+    let mut start_epoch = 0;
+    if config.resume && checkpoints.info("last")?.is_some() {
+        start_epoch = resume(config, &checkpoints, &mut vs, &mut metrics)?;
+        metrics.device = format!("{device:?}");
+    } else if config.resume {
+        tracing::info!(dir = %checkpoints.dir().display(), "no checkpoint to resume from: starting from scratch");
+    }
+    if start_epoch == 0
+        && let Some(path) = &config.pretrained
+    {
+        load_pretrained(&mut vs, config, path)?;
+    }
+
+    let labels: Vec<u32> = fit.iter().map(|item| item.label).collect();
+    let sampler =
+        PkSampler::new(&labels, config.classes_per_batch, config.batch / config.classes_per_batch, config.seed)?;
+    let loss_fn = TripletLoss { strategy: config.strategy, margin: config.margin, quantization: config.quantization };
+    let mut optimizer = nn::Sgd { momentum: config.momentum, dampening: 0.0, wd: config.weight_decay, nesterov: false }
+        .build(&vs, config.lr)?;
+    let preprocess = config.preprocess();
+
+    for epoch in start_epoch..config.epochs {
+        let lr = config.lr_at(epoch);
+        optimizer.set_lr(lr);
+        let epoch_metrics =
+            train_epoch(config, &net, &mut optimizer, &loss_fn, &sampler, &fit, &preprocess, device, epoch)?;
+        tracing::info!(
+            epoch = epoch + 1,
+            loss = epoch_metrics.loss,
+            active = epoch_metrics.active_fraction,
+            images_per_second = epoch_metrics.images_per_second,
+            "epoch done"
+        );
+        metrics.epochs.push(epoch_metrics);
+        let completed = epoch + 1;
+        let mut val_map = None;
+        if completed.is_multiple_of(config.eval_every) || completed == config.epochs {
+            let evaluation = evaluate(config, &net, &val, &preprocess, device, completed)?;
+            tracing::info!(epoch = completed, val_map = ?evaluation.val_map, ones = evaluation.ones_fraction, "validation");
+            val_map = evaluation.val_map;
+            metrics.evaluations.push(evaluation);
+        }
+        let improved = val_map.is_some_and(|m| metrics.best.is_none_or(|(_, best)| m > best));
+        if improved {
+            metrics.best = val_map.map(|m| (completed, m));
+        }
+        let info = CheckpointInfo { epoch: completed, config: config_json.clone(), val_map, best: metrics.best };
+        checkpoints.save("last", &vs, &info)?;
+        if improved {
+            checkpoints.save("best", &vs, &info)?;
+        }
+        write_json(&out.join("metrics.json"), &metrics)?;
+    }
+
+    if metrics.best.is_some() {
+        checkpoints.load_weights("best", &mut vs)?;
+    }
+    let model = out.join("model.onnx");
+    let model_sha256 = export_model(config, &data, &vs, &model)?;
+    tracing::info!(path = %model.display(), sha256 = %model_sha256, "model exported");
+    let index = out.join("train.hidx");
+    export_index(config, &data, &net, &preprocess, device, &model_sha256, &index)?;
+    Ok(TrainSummary { metrics, model, model_sha256, index })
+}
+
+/// Restores the `last` checkpoint and `metrics.json`; returns the number of completed epochs.
+fn resume(
+    config: &TrainConfig,
+    checkpoints: &Checkpoints,
+    vs: &mut nn::VarStore,
+    metrics: &mut Metrics,
+) -> Result<u64, TrainError> {
+    let Some(info) = checkpoints.info("last")? else { return Ok(0) };
+    let saved: TrainConfig = serde_json::from_value(info.config.clone())
+        .map_err(|e| TrainError::Config(format!("{}: {e}", checkpoints.info_path("last").display())))?;
+    let mismatch = |field: &'static str, found: String, wanted: String| TrainError::ResumeMismatch {
+        dir: checkpoints.dir().to_path_buf(),
+        field,
+        found,
+        wanted,
+    };
+    if saved.model_config() != config.model_config() {
+        return Err(mismatch("network", format!("{:?}", saved.model_config()), format!("{:?}", config.model_config())));
+    }
+    if saved.dataset != config.dataset || saved.limit_train != config.limit_train || saved.seed != config.seed {
+        return Err(mismatch(
+            "data set / limit / seed",
+            format!("{} {:?} {}", saved.dataset, saved.limit_train, saved.seed),
+            format!("{} {:?} {}", config.dataset, config.limit_train, config.seed),
+        ));
+    }
+    checkpoints.load_weights("last", vs)?;
+    let path = config.out.join("metrics.json");
+    if let Ok(bytes) = std::fs::read(&path) {
+        *metrics =
+            serde_json::from_slice(&bytes).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        metrics.epochs.retain(|e| e.epoch <= info.epoch);
+        metrics.evaluations.retain(|e| e.epoch <= info.epoch);
+    }
+    metrics.best = info.best;
+    tracing::info!(epoch = info.epoch, "resumed from the last checkpoint (optimiser momentum restarts at zero)");
+    Ok(info.epoch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    config: &TrainConfig,
+    net: &HashNet,
+    optimizer: &mut nn::Optimizer,
+    loss_fn: &TripletLoss,
+    sampler: &PkSampler,
+    fit: &Arc<[Item]>,
+    preprocess: &Preprocess,
+    device: Device,
+    epoch: u64,
+) -> Result<EpochMetrics, TrainError> {
+    let batches = sampler.epoch(epoch);
+    let progress = progress_bar(batches.len() as u64, format!("epoch {}/{}", epoch + 1, config.epochs));
+    let loader = Loader::spawn(
+        Arc::clone(fit),
+        batches,
+        preprocess.clone(),
+        Transform::Train { seed: config.seed, epoch },
+        config.threads,
+        config.prefetch,
+    )?;
+    let side = i64::from(preprocess.crop);
+    let started = Instant::now();
+    let (mut loss_sum, mut active_sum, mut quant_sum, mut images, mut steps) = (0.0, 0.0, 0.0, 0usize, 0usize);
+    for batch in loader {
+        let batch = batch?;
+        let n = batch.len() as i64;
+        let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
+        let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
+        let labels = Tensor::from_slice(&labels).to_device(device);
+        let outputs = net.forward_t(&xs, true);
+        let loss = loss_fn.forward(&outputs, &labels);
+        optimizer.backward_step(&loss.total);
+        let value = loss.total.double_value(&[]);
+        if !value.is_finite() {
+            return Err(TrainError::Diverged(value, epoch + 1));
+        }
+        loss_sum += value;
+        active_sum += loss.active as f64 / loss.valid.max(1) as f64;
+        quant_sum += loss.quantization.double_value(&[]);
+        images += batch.len();
+        steps += 1;
+        let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        progress.set_message(format!("loss {:.3} | {rate:.0} img/s", loss_sum / steps as f64));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let steps_f = steps.max(1) as f64;
+    Ok(EpochMetrics {
+        epoch: epoch + 1,
+        lr: config.lr_at(epoch),
+        loss: loss_sum / steps_f,
+        active_fraction: active_sum / steps_f,
+        quantization: quant_sum / steps_f,
+        images,
+        seconds,
+        images_per_second: images as f64 / seconds.max(1e-9),
+    })
+}
+
+/// The codes of `items` (evaluation transform, network in evaluation mode), code after code as
+/// [`HashCode`] words.
+pub fn encode(
+    net: &HashNet,
+    items: &Arc<[Item]>,
+    preprocess: &Preprocess,
+    device: Device,
+    batch: usize,
+    threads: usize,
+    label: &str,
+) -> Result<Vec<u64>, TrainError> {
+    let bits = net.config().bits;
+    let batches = sequential_batches(items.len(), batch);
+    let progress = progress_bar(batches.len() as u64, label.to_string());
+    let loader = Loader::spawn(Arc::clone(items), batches, preprocess.clone(), Transform::Eval, threads, 2)?;
+    let side = i64::from(preprocess.crop);
+    let mut words = Vec::with_capacity(items.len() * words_for_bits(bits));
+    for batch in loader {
+        let batch = batch?;
+        let n = batch.len() as i64;
+        let outputs = tch::no_grad(|| {
+            let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
+            net.forward_t(&xs, false).to_device(Device::Cpu).to_kind(Kind::Float).contiguous()
+        });
+        let flat = Vec::<f32>::try_from(outputs.view([-1]))?;
+        for row in flat.chunks(bits as usize) {
+            let code = HashCode::from_outputs(row).map_err(|e| TrainError::Config(e.to_string()))?;
+            words.extend_from_slice(code.words());
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(words)
+}
+
+fn evaluate(
+    config: &TrainConfig,
+    net: &HashNet,
+    val: &Arc<[Item]>,
+    preprocess: &Preprocess,
+    device: Device,
+    epoch: u64,
+) -> Result<Evaluation, TrainError> {
+    let started = Instant::now();
+    let words = encode(net, val, preprocess, device, config.batch.max(64), config.threads, "validation")?;
+    let bits = config.bits;
+    let per_code = words_for_bits(bits);
+    // Alternating halves: the split is in the official order, stratified, so both halves hold
+    // every class in proportion.
+    let (mut queries, mut database) = (Vec::new(), Vec::new());
+    let (mut query_labels, mut database_labels) = (Vec::new(), Vec::new());
+    for (i, (code, item)) in words.chunks(per_code).zip(val.iter()).enumerate() {
+        if i.is_multiple_of(2) {
+            queries.extend_from_slice(code);
+            query_labels.push(item.label);
+        } else {
+            database.extend_from_slice(code);
+            database_labels.push(item.label);
+        }
+    }
+    let ones: u64 = words.iter().map(|w| u64::from(w.count_ones())).sum();
+    let val_map = validation_map(bits, &database, &database_labels, &queries, &query_labels)?;
+    Ok(Evaluation {
+        epoch,
+        val_map,
+        queries: query_labels.len(),
+        database: database_labels.len(),
+        ones_fraction: ones as f64 / (val.len().max(1) as f64 * f64::from(bits)),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// mAP@all (index-order ties) of the validation queries against the database half; `None`
+/// when no query has a relevant item (a split too small to hold two of a class).
+fn validation_map(
+    bits: u32,
+    database: &[u64],
+    database_labels: &[u32],
+    queries: &[u64],
+    query_labels: &[u32],
+) -> Result<Option<f64>, TrainError> {
+    let result = mean_average_precision(
+        CodeMatrix::new(bits, database),
+        database_labels,
+        CodeMatrix::new(bits, queries),
+        query_labels,
+        TieMode::IndexOrder,
+    )?;
+    Ok((result.queries > 0).then_some(result.map))
+}
+
+fn load_pretrained(vs: &mut nn::VarStore, config: &TrainConfig, path: &Path) -> Result<(), TrainError> {
+    let report = pretrained::load_pretrained(vs, &config.model_config(), path)?;
+    tracing::info!(
+        path = %path.display(),
+        loaded = report.loaded.len(),
+        skipped = report.skipped.len(),
+        "pretrained trunk weights loaded"
+    );
+    for (name, reason) in &report.skipped {
+        tracing::debug!(%name, %reason, "pretrained entry not used");
+    }
+    Ok(())
+}
+
+fn export_model(config: &TrainConfig, data: &Dataset, vs: &nn::VarStore, path: &Path) -> Result<String, TrainError> {
+    let mut extra_config = serde_json::Map::new();
+    for (key, value) in [
+        ("margin", serde_json::json!(config.margin)),
+        ("strategy", serde_json::json!(config.strategy)),
+        ("epochs", serde_json::json!(config.epochs)),
+        ("seed", serde_json::json!(config.seed)),
+    ] {
+        extra_config.insert(key.to_string(), value);
+    }
+    let meta = ExportMetadata {
+        preprocess: config.preprocess(),
+        dataset: config.dataset.to_string(),
+        class_names: data.class_names().to_vec(),
+        extra_config,
+    };
+    Ok(export_onnx(vs, &config.model_config(), &meta, path)?)
+}
+
+/// Encodes the whole training split (evaluation transform) into `train.hidx`: item `i` of
+/// the split has id `i` and its data set path.
+fn export_index(
+    config: &TrainConfig,
+    data: &Dataset,
+    net: &HashNet,
+    preprocess: &Preprocess,
+    device: Device,
+    model_sha256: &str,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let train: Arc<[Item]> = data.split(Split::Train).into();
+    let words = encode(net, &train, preprocess, device, config.batch.max(64), config.threads, "index")?;
+    let mut extra = serde_json::Map::new();
+    extra.insert("split".into(), serde_json::json!(Split::Train));
+    extra.insert("preprocess".into(), serde_json::json!(preprocess));
+    let metadata = IndexMetadata {
+        model_sha256: Some(model_sha256.to_string()),
+        dataset: Some(config.dataset.to_string()),
+        class_names: data.class_names().to_vec(),
+        extra,
+    };
+    let mut writer = IndexWriter::create(path, config.bits, metadata)?;
+    let per_code = words_for_bits(config.bits);
+    for (i, (code, item)) in words.chunks(per_code).zip(train.iter()).enumerate() {
+        writer.push(code, item.label, i as u64, &item.path)?;
+    }
+    writer.finish()?;
+    tracing::info!(path = %path.display(), items = train.len(), "training split indexed");
+    Ok(())
+}
+
+fn progress_bar(len: u64, prefix: String) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(prefix);
+    bar
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
+    Ok(write_atomically(path, &bytes)?)
+}

@@ -1,0 +1,141 @@
+//! `hashsrv-train` end to end on the real Fashion-MNIST (Debian's files): a short run writes its
+//! configuration, metrics, checkpoints and model, `--resume` continues it, and bad requests fail
+//! with a clear message before any work.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sha2::Digest;
+
+const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--dataset", "fashion-mnist", "--data", FASHION_MNIST, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_hashsrv-train")).args(&args).output().expect("run hashsrv-train")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn short_run_writes_its_artefacts_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // 30% validation so that each class has a few validation images in both halves.
+    let common = [
+        "--limit-train",
+        "200",
+        "--limit-test",
+        "100",
+        "--bits",
+        "16",
+        "--input-size",
+        "28",
+        "--threads",
+        "2",
+        "--val-fraction",
+        "0.3",
+    ];
+    let first = train(&out, &[&common[..], &["--epochs", "1"]].concat());
+    let stderr = String::from_utf8_lossy(&first.stderr);
+
+    let config = json(&out.join("config.json"));
+    assert_eq!(config["bits"], 16);
+    assert_eq!(config["input_size"], 28);
+    assert_eq!(config["margin"], 8.0, "default margin for 16 bits");
+    assert_eq!(config["stem"], "small", "28-pixel inputs default to the small stem");
+    assert_eq!(config["batch"], 80);
+
+    let metrics = json(&out.join("metrics.json"));
+    let epochs = metrics["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 1, "{stderr}");
+    let loss = epochs[0]["loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss >= 0.0, "{loss}");
+    // 200 items, 30% validation: 140 fit -> round(140 / 80) = 2 batches of 80.
+    assert_eq!(epochs[0]["images"], 160);
+    let evaluations = metrics["evaluations"].as_array().unwrap();
+    assert_eq!(evaluations.len(), 1);
+    assert_eq!(evaluations[0]["queries"], 30);
+    assert_eq!(evaluations[0]["database"], 30);
+    let map = evaluations[0]["val_map"].as_f64().expect("validation mAP computed");
+    assert!(map > 0.0 && map <= 1.0, "{map}");
+    assert_eq!(metrics["best"], serde_json::json!([1, map]), "the only evaluation is the best");
+    assert_eq!(json(&out.join("checkpoints/best.json"))["val_map"], map);
+    let ones = evaluations[0]["ones_fraction"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&ones));
+
+    let last = json(&out.join("checkpoints/last.json"));
+    assert_eq!(last["epoch"], 1);
+    assert_eq!(last["config"], config);
+    assert!(
+        std::fs::metadata(out.join("checkpoints/last.safetensors")).unwrap().len() > 40_000_000,
+        "ResNet-18 weights"
+    );
+    assert!(first.status.success(), "{stderr}");
+
+    // The index holds the whole training split (validation included), under the model's hash.
+    let model = std::fs::read(out.join("model.onnx")).unwrap();
+    assert!(model.len() > 40_000_000);
+    let sha256: String = sha2::Sha256::digest(&model).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(String::from_utf8_lossy(&first.stdout).contains(&sha256));
+    let index = hashsrv_index::CodeIndex::open(&out.join("train.hidx")).unwrap();
+    index.verify().unwrap();
+    assert_eq!(index.bits(), 16);
+    assert_eq!(index.len(), 200);
+    assert_eq!(index.metadata().model_sha256.as_deref(), Some(sha256.as_str()));
+    assert_eq!(index.metadata().dataset.as_deref(), Some("fashion-mnist"));
+    assert_eq!(index.metadata().class_names.len(), 10);
+    let mut per_class = [0usize; 10];
+    for &label in index.labels() {
+        per_class[label as usize] += 1;
+    }
+    assert_eq!(per_class, [20; 10], "stratified 200");
+    assert_eq!(index.id(7), 7);
+    assert!(index.path(0).contains("train-images"), "{}", index.path(0));
+
+    // A second epoch from the checkpoint: one more epoch trained, history kept.
+    let second = train(&out, &[&common[..], &["--epochs", "2", "--resume"]].concat());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("resumed"), "{stderr}");
+    let metrics = json(&out.join("metrics.json"));
+    let epochs: Vec<u64> = metrics["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, vec![1, 2], "{stderr}");
+    assert_eq!(json(&out.join("checkpoints/last.json"))["epoch"], 2);
+
+    // Resuming into another network is refused, naming the difference.
+    let other =
+        train(&out, &["--limit-train", "200", "--bits", "32", "--input-size", "28", "--epochs", "3", "--resume"]);
+    assert!(!other.status.success());
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(stderr.contains("cannot resume") && stderr.contains("bits: 32"), "{stderr}");
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_clear_error() {
+    if tch::Cuda::is_available() {
+        return; // the request is legitimate on a machine with a GPU
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = train(dir.path(), &["--device", "cuda:0", "--epochs", "1"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cuda:0") && stderr.contains("--device cpu"), "{stderr}");
+    assert!(!dir.path().join("config.json").exists(), "nothing written before the device check");
+}
+
+#[test]
+fn seed_flag_names_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hashsrv-train"))
+        .args(["--dataset_name", "fashion-mnist", "--binary_bits", "7", "--ngpu", "0", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    // The aliases parse; the 7-bit code is then refused by the network's own check.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("between 8 and 1024 bits, got 7"), "{stderr}");
+}
