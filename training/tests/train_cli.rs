@@ -96,6 +96,44 @@ fn short_run_writes_its_artefacts_and_resumes() {
     assert_eq!(index.id(7), 7);
     assert!(index.path(0).contains("train-images"), "{}", index.path(0));
 
+    // The server's path (the shared evaluation preprocessing, then ONNX Runtime on the exported
+    // model, as `hashsrv build-index` runs it) gives the codes the trainer indexed with tch. An
+    // output within 1e-4 of zero may fall either side between the two runtimes (they agree to
+    // about 1e-6), so only those bits are allowed to differ.
+    let encoder = hashsrv::encoder::Encoder::open(
+        &out.join("model.onnx"),
+        &hashsrv::encoder::EncoderOptions { device: hashsrv::encoder::Device::Cpu, intra_threads: None },
+    )
+    .unwrap();
+    let options = hashsrv::dataset::OpenOptions {
+        limit_train: Some(200),
+        limit_test: Some(100),
+        val_fraction: 0.3,
+        ..Default::default()
+    };
+    let dataset = hashsrv::dataset::Dataset::open(
+        hashsrv::dataset::DatasetKind::FashionMnist,
+        Path::new(FASHION_MNIST),
+        &options,
+    )
+    .unwrap();
+    let items = dataset.split(hashsrv::dataset::Split::Train);
+    assert_eq!(items.len(), index.len());
+    let images: Vec<_> = items.iter().map(|item| item.load().unwrap()).collect();
+    let outputs = encoder.outputs(&encoder.preprocess_batch(&images).unwrap(), images.len()).unwrap();
+    let mut compared = 0;
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(index.path(i), item.path);
+        let indexed = hashsrv_index::HashCode::from_words(16, index.codes().code(i)).unwrap();
+        for (bit, &y) in outputs[i * 16..(i + 1) * 16].iter().enumerate() {
+            if y.abs() > 1e-4 {
+                assert_eq!(indexed.bit(bit as u32), y > 0.0, "item {i} bit {bit}: ONNX output {y}");
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 3000, "only {compared} of 3200 bits were clear of zero");
+
     // A second epoch from the checkpoint: one more epoch trained, history kept.
     let second = train(&out, &[&common[..], &["--epochs", "2", "--resume"]].concat());
     let stderr = String::from_utf8_lossy(&second.stderr);
