@@ -62,20 +62,34 @@ pub fn table(title: &str, report: &EvalReport) -> String {
     out
 }
 
+/// The report as JSON with the fields of `extra` (model, timing, method) added at the top level.
+pub fn to_json(report: &EvalReport, extra: &serde_json::Value) -> serde_json::Value {
+    let mut json = serde_json::to_value(report).expect("EvalReport serialises");
+    if let (Some(map), Some(extra)) = (json.as_object_mut(), extra.as_object()) {
+        map.extend(extra.clone());
+    }
+    json
+}
+
+/// Prints the report on stdout: the table under `title`, or JSON (with `extra`) when `json`.
+pub fn print(title: &str, report: &EvalReport, extra: &serde_json::Value, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&to_json(report, extra)).expect("JSON value serialises"));
+    } else {
+        print!("{}", table(title, report));
+    }
+}
+
 /// Writes `metrics.json` (the report plus `extra`, e.g. model and timing), `pr_curve.svg` and
 /// `precision_at_k.svg` into `dir`, creating it.
-pub fn write(dir: &Path, report: &EvalReport, extra: serde_json::Value) -> Result<(), ReportError> {
+pub fn write(dir: &Path, report: &EvalReport, extra: &serde_json::Value) -> Result<(), ReportError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| ReportError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut json = serde_json::to_value(report).expect("EvalReport serialises");
-    if let (Some(map), serde_json::Value::Object(extra)) = (json.as_object_mut(), extra) {
-        map.extend(extra);
-    }
     let metrics = dir.join("metrics.json");
-    let text = serde_json::to_string_pretty(&json).expect("JSON value serialises");
+    let text = serde_json::to_string_pretty(&to_json(report, extra)).expect("JSON value serialises");
     std::fs::write(&metrics, text + "\n").map_err(io(&metrics))?;
 
     let curve: Vec<(f64, f64)> = report.pr_curve.iter().filter_map(|e| Some((e.recall?, e.precision?))).collect();

@@ -103,18 +103,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "total_seconds": started.elapsed().as_secs_f64(),
         "features": format!("grey pixels at {PIXEL_SIDE}x{PIXEL_SIDE}"),
     });
-    if args.json {
-        let mut json = serde_json::to_value(&report)?;
-        if let (Some(map), serde_json::Value::Object(extra)) = (json.as_object_mut(), extra.clone()) {
-            map.extend(extra);
-        }
-        println!("{}", serde_json::to_string_pretty(&json)?);
-    } else {
-        let title = format!("{method} baseline on {} pixels, {bits} bits (fit {fit_seconds:.1} s)", args.dataset);
-        print!("{}", crate::report::table(&title, &report));
-    }
+    let title = format!("{method} baseline on {} pixels, {bits} bits (fit {fit_seconds:.1} s)", args.dataset);
+    crate::report::print(&title, &report, &extra, args.json);
     if let Some(out) = &args.out {
-        crate::report::write(out, &report, extra)?;
+        crate::report::write(out, &report, &extra)?;
         eprintln!("report written to {}", out.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -10,7 +10,6 @@ use anyhow::{Context as _, bail};
 use hashsrv_index::{IndexMetadata, IndexWriter, npy};
 
 use crate::dataset::{DatasetKind, OpenOptions, Split};
-use crate::encoder::{Device, Encoder, EncoderOptions};
 
 /// Flags of `hashsrv build-index`.
 #[derive(Debug, clap::Args)]
@@ -43,15 +42,8 @@ pub struct Args {
     /// Leave out images that cannot be read (they are listed) instead of failing.
     #[arg(long)]
     pub skip_unreadable: bool,
-    /// Images per ONNX Runtime run.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    /// Where to run the model: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: Device,
-    /// ONNX Runtime intra-op threads (default: one per core).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub run: super::ModelRunArgs,
     /// Codes made elsewhere: a .npy of float/int/bool columns (bit = value > 0) or packed uint8 rows.
     #[arg(long, requires = "labels")]
     pub codes: Option<PathBuf>,
@@ -80,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn from_dataset(args: &Args, kind: DatasetKind) -> anyhow::Result<usize> {
     let model = args.model.as_deref().context("--dataset needs --model")?;
-    let encoder = Encoder::open(model, &EncoderOptions { device: args.device, intra_threads: args.threads })?;
+    let encoder = args.run.open(model)?;
     let options = OpenOptions {
         limit_train: args.limit_train,
         limit_test: args.limit_test,
@@ -101,7 +93,7 @@ fn from_dataset(args: &Args, kind: DatasetKind) -> anyhow::Result<usize> {
     {
         tracing::warn!("the model was trained on {trained_on} but indexes {kind}");
     }
-    let codes = super::encode_items(&encoder, items, args.batch, "encoding")?;
+    let codes = super::encode_items(&encoder, items, args.run.batch, "encoding")?;
     let mut extra = serde_json::Map::new();
     extra.insert("split".into(), args.split.to_string().into());
     extra.insert("data_root".into(), dataset.root().display().to_string().into());

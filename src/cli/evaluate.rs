@@ -10,7 +10,6 @@ use hashsrv_index::metrics::{self, EvalConfig, TieMode};
 use hashsrv_index::{CodeIndex, CodeMatrix, npy};
 
 use crate::dataset::{DatasetKind, OpenOptions, Split};
-use crate::encoder::{Device, Encoder, EncoderOptions};
 
 /// Flags of `hashsrv evaluate`.
 #[derive(Debug, clap::Args)]
@@ -67,15 +66,8 @@ pub struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Images per ONNX Runtime run.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    /// Where to run the model: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: Device,
-    /// ONNX Runtime intra-op threads (default: one per core).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub run: super::ModelRunArgs,
     /// Evaluate even if the model's hash differs from the one the index was built with.
     #[arg(long)]
     pub allow_model_mismatch: bool,
@@ -128,18 +120,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let (Some(map), serde_json::Value::Object(source)) = (extra.as_object_mut(), source) {
         map.extend(source);
     }
-    if args.json {
-        let mut json = serde_json::to_value(&report)?;
-        if let (Some(map), serde_json::Value::Object(extra)) = (json.as_object_mut(), extra.clone()) {
-            map.extend(extra);
-        }
-        println!("{}", serde_json::to_string_pretty(&json)?);
-    } else {
-        let title = format!("Retrieval of {} against {}", describe(&args), args.index.display());
-        print!("{}", crate::report::table(&title, &report));
-    }
+    let title = format!("Retrieval of {} against {}", describe(&args), args.index.display());
+    crate::report::print(&title, &report, &extra, args.json);
     if let Some(out) = &args.out {
-        crate::report::write(out, &report, extra)?;
+        crate::report::write(out, &report, &extra)?;
         eprintln!("report written to {}", out.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -160,7 +144,7 @@ fn encode_queries(
     index: &CodeIndex,
 ) -> anyhow::Result<(Vec<u64>, Vec<u32>, serde_json::Value)> {
     let model = args.model.as_deref().context("--dataset needs --model")?;
-    let encoder = Encoder::open(model, &EncoderOptions { device: args.device, intra_threads: args.threads })?;
+    let encoder = args.run.open(model)?;
     encoder.check_against_index(index, args.allow_model_mismatch)?;
     let options = OpenOptions { limit_test: args.limit_test, ..Default::default() };
     let dataset = super::open_dataset(kind, args.data.as_deref(), &options)?;
@@ -170,7 +154,7 @@ fn encode_queries(
         bail!("the index was built from {indexed} but the queries come from {kind}");
     }
     let items = dataset.split(args.split);
-    let codes = super::encode_items(&encoder, items, args.batch, "encoding queries")?;
+    let codes = super::encode_items(&encoder, items, args.run.batch, "encoding queries")?;
     let labels = items.iter().map(|item| item.label).collect();
     let source = serde_json::json!({
         "dataset": kind, "split": args.split.to_string(), "model": model, "queries_from": dataset.root(),

@@ -73,3 +73,25 @@ pub(crate) fn encode_items(
 pub(crate) fn code_words(codes: &[hashsrv_index::HashCode]) -> Vec<u64> {
     codes.iter().flat_map(|c| c.words().iter().copied()).collect()
 }
+
+/// How to run the model: the flags of every command that encodes a data set.
+#[derive(Debug, clap::Args)]
+pub struct ModelRunArgs {
+    /// Images per ONNX Runtime run.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Where to run the model: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: crate::encoder::Device,
+    /// ONNX Runtime intra-op threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelRunArgs {
+    /// Opens `model` on the chosen device.
+    pub(crate) fn open(&self, model: &std::path::Path) -> anyhow::Result<crate::encoder::Encoder> {
+        let options = crate::encoder::EncoderOptions { device: self.device, intra_threads: self.threads };
+        Ok(crate::encoder::Encoder::open(model, &options)?)
+    }
+}
