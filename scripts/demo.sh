@@ -8,11 +8,12 @@ cd "$root"
 
 retrain=0
 bits="${BITS:-64}"
+epochs="${EPOCHS:-1}"
 addr="${ADDR:-127.0.0.1:8080}"
 for arg in "$@"; do
   case "$arg" in
     --retrain) retrain=1 ;;
-    *) echo "demo.sh: unknown argument $arg (accepted: --retrain; env BITS, ADDR)" >&2; exit 2 ;;
+    *) echo "demo.sh: unknown argument $arg (accepted: --retrain; env BITS, EPOCHS, ADDR)" >&2; exit 2 ;;
   esac
 done
 
@@ -26,7 +27,10 @@ data=/usr/share/datasets/fashion-mnist
 
 if [ "$retrain" = 1 ] || [ ! -f "$run/model.onnx" ] || [ ! -f "$run/train.hidx" ]; then
   rm -rf "$run.partial"
-  "$bin/hashsrv" train --dataset fashion-mnist --data "$data" --bits "$bits" --out "$run.partial"
+  # The fastest recipe measured on 2 CPU cores (32 px, ImageNet stem: about 60 images/s, about
+  # 15 minutes an epoch). Issue 7 tracks a recipe that reaches the target mAP in about 10 minutes.
+  "$bin/hashsrv" train --dataset fashion-mnist --data "$data" --bits "$bits" --input-size 32 --stem imagenet \
+    --epochs "$epochs" --out "$run.partial"
   rm -rf "$run"
   mv "$run.partial" "$run"
 fi
