@@ -99,7 +99,7 @@ fn npy_codes_build_an_index_that_info_search_and_evaluate_read() {
     assert_eq!(found[0]["results"].as_array().unwrap().len(), 3);
 
     let out_dir = dir.path().join("report");
-    let report: serde_json::Value = serde_json::from_str(&ok(&[
+    let evaluate = [
         "evaluate",
         "--index",
         s(&index),
@@ -109,11 +109,9 @@ fn npy_codes_build_an_index_that_info_search_and_evaluate_read() {
         "32",
         "--query-labels",
         s(&q_lab),
-        "--out",
-        s(&out_dir),
-        "--json",
-    ]))
-    .unwrap();
+    ];
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&[&evaluate[..], &["--out", s(&out_dir), "--json"]].concat())).unwrap();
     let expected = metrics::mean_average_precision(
         CodeMatrix::new(32, &db),
         &db_labels,
@@ -127,17 +125,7 @@ fn npy_codes_build_an_index_that_info_search_and_evaluate_read() {
     for file in ["metrics.json", "pr_curve.svg", "precision_at_k.svg"] {
         assert!(out_dir.join(file).is_file(), "{file} missing");
     }
-    let table = ok(&[
-        "evaluate",
-        "--index",
-        s(&index),
-        "--query-codes",
-        s(&q_codes),
-        "--packed-bits",
-        "32",
-        "--query-labels",
-        s(&q_lab),
-    ]);
+    let table = ok(&evaluate);
     assert!(table.contains("mAP@all") && table.contains("ties: expected"), "{table}");
 }
 
