@@ -62,8 +62,8 @@ have numpy "$("$VENV/bin/python" -c 'import numpy;print(numpy.__version__)' 2>/d
 "$VENV/bin/python" -c 'import scipy' 2>/dev/null || want+=(scipy)
 "$VENV/bin/python" -c 'import onnx' 2>/dev/null || want+=(onnx)
 if [ "${#want[@]}" -gt 0 ]; then
-  say "pip install ${want[*]} (torch pulls about 4.7 GB the first time)"
-  "$VENV/bin/pip" install -q "${want[@]}"
+  say "pip install ${want[*]} (torch and its CUDA libraries take about 5 GB; no wheel cache is kept)"
+  "$VENV/bin/pip" install -q --no-cache-dir "${want[@]}"
 fi
 
 torch_lib="$("$VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
