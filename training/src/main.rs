@@ -10,7 +10,7 @@ use clap::Parser;
 use hashsrv::dataset::DatasetKind;
 use hashsrv_train::loss::{Strategy, default_margin};
 use hashsrv_train::model::Stem;
-use hashsrv_train::train::{DeviceChoice, TrainConfig, run};
+use hashsrv_train::train::{DeviceChoice, Schedule, TrainConfig, run};
 
 /// Trains the deep hash model (ResNet-18 + FC + tanh) with the triplet ranking loss.
 #[derive(Debug, Parser)]
@@ -40,6 +40,10 @@ struct Args {
     /// SGD learning rate (momentum 0.9, weight decay 5e-4).
     #[arg(long, default_value_t = 0.001)]
     lr: f64,
+    /// Learning-rate schedule: step (the seed's: x --lr-gamma every --lr-step epochs) or cosine
+    /// (decay to 0 over the run's batches after a short warm-up; better for short runs).
+    #[arg(long, default_value = "step")]
+    schedule: Schedule,
     /// Multiply the learning rate by --lr-gamma every this many epochs (default: 2/3 of the epochs).
     #[arg(long)]
     lr_step: Option<u64>,
@@ -125,6 +129,7 @@ impl Args {
             strategy: self.strategy,
             quantization: self.quantization,
             lr: self.lr,
+            schedule: self.schedule,
             lr_step: self.lr_step.unwrap_or_else(|| (self.epochs * 2).div_ceil(3).max(1)),
             lr_gamma: self.lr_gamma,
             momentum: self.momentum,
@@ -149,7 +154,27 @@ impl Args {
     }
 }
 
+/// libtorch's OpenMP threads busy-wait between operations by default. On a CPU shared with the
+/// loader's threads (or anything else) that spinning took 3.6x the CPU time for the same work
+/// (BENCHMARKS.md, "Training"). GNU OpenMP reads `OMP_WAIT_POLICY` once, when libtorch is loaded
+/// before `main`, so the only way to set it from here is to run this program again with it set.
+/// A value the user set is kept.
+#[cfg(unix)]
+fn run_again_with_passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let err =
+        std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("OMP_WAIT_POLICY", "PASSIVE").exec();
+    // exec returns only on failure: carry on with the default policy.
+    eprintln!("warning: could not restart with OMP_WAIT_POLICY=PASSIVE ({err}); continuing");
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    run_again_with_passive_openmp();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
