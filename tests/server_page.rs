@@ -1,7 +1,8 @@
 //! The web page in Debian's headless Chromium: a real file chosen through the page's file input
 //! (driven over WebDriver by Debian's chromedriver) is uploaded and the result grid shows the
 //! thumbnails the server returns for it; and the "more like this" link (`/?query=/images/{id}`:
-//! fetch the thumbnail, POST it to /search as a multipart upload) renders the grid.
+//! fetch the thumbnail, POST it to /search as a multipart upload) renders the grid; and the
+//! page's "Evaluate" button runs an evaluation job and shows its table and plots.
 //! Needs /usr/bin/chromium and /usr/bin/chromedriver (`scripts/setup.sh --with-test-tools`).
 
 mod server_support;
@@ -175,6 +176,12 @@ impl Session {
         answer["value"].clone()
     }
 
+    /// The WebDriver id of the element `css` selects.
+    async fn element(&self, css: &str) -> String {
+        let found = self.post("/element", json!({"using": "css selector", "value": css})).await;
+        found.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap().to_string()
+    }
+
     async fn script(&self, script: &str) -> Value {
         self.post("/execute/sync", json!({"script": script, "args": []})).await
     }
@@ -216,8 +223,7 @@ async fn chromium_uploads_a_chosen_file_and_shows_the_returned_thumbnails() {
     let profile = tempfile::tempdir().unwrap();
     let session = Session::new(&driver, profile.path()).await;
     session.post("/url", json!({"url": format!("http://{addr}/")})).await;
-    let input = session.post("/element", json!({"using": "css selector", "value": "#file"})).await;
-    let element = input.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap().to_string();
+    let element = session.element("#file").await;
     // Choosing a file through the input, as a person does: WebDriver's "send keys" to a file input.
     session.post(&format!("/element/{element}/value"), json!({"text": file.display().to_string()})).await;
 
@@ -249,6 +255,62 @@ async fn chromium_uploads_a_chosen_file_and_shows_the_returned_thumbnails() {
         .find_map(|l| l.strip_prefix("hashsrv_requests_total{route=\"/images/{id}\",status=\"200\"} "))
         .and_then(|n| n.parse::<usize>().ok());
     assert!(thumbnails.is_some_and(|n| n >= expected.len()), "{metrics}");
+
+    session.close().await;
+    drop(driver);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_runs_an_evaluation_from_the_page_and_shows_its_table_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path(), |_| {});
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, Arc::clone(&state), async {
+        let _ = stopped.await;
+    }));
+
+    let driver = tokio::task::spawn_blocking(Driver::start).await.unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let session = Session::new(&driver, profile.path()).await;
+    session.post("/url", json!({"url": format!("http://{addr}/")})).await;
+    session.script("document.getElementById('evaluation').open = true").await;
+    let button = session.element("#evaluate").await;
+    session.post(&format!("/element/{button}/click"), json!({})).await;
+
+    let read = r##"return { rows: [...document.querySelectorAll("#eval-table tr")].map((tr) =>
+        [...tr.children].map((td) => td.textContent)),
+      plots: [...document.querySelectorAll("#eval-plots img")].map((img) =>
+        ({ src: img.getAttribute("src"), loaded: img.complete && img.naturalWidth > 0 })),
+      status: document.getElementById("eval-status").textContent };"##;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shown = loop {
+        let shown = session.script(read).await;
+        let plots = shown["plots"].as_array().unwrap();
+        if !plots.is_empty() && plots.iter().all(|p| p["loaded"] == true) {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "the evaluation was not shown: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let job: Value = reqwest::get(format!("http://{addr}/evaluate/1")).await.unwrap().json().await.unwrap();
+    assert_eq!(job["status"], "done", "{job}");
+    let metrics = &job["metrics"];
+    let rows = shown["rows"].as_array().unwrap();
+    let first_map = metrics["map"][0]["map"].as_f64().unwrap();
+    assert_eq!(rows[0], json!(["mAP@all", format!("{first_map:.4}"), "ties: index-order"]), "{shown}");
+    let ties = metrics["map"].as_array().unwrap().len();
+    let cutoffs =
+        metrics["map_at_k"].as_array().unwrap().len() * 2 + metrics["precision_at_k"].as_array().unwrap().len();
+    assert_eq!(rows.len(), ties + cutoffs + 1, "one row per number: {shown}");
+    let srcs: Vec<&Value> = shown["plots"].as_array().unwrap().iter().map(|p| &p["src"]).collect();
+    let listed: Vec<&Value> = job["plots"].as_array().unwrap().iter().collect();
+    assert_eq!(srcs, listed, "the page shows the job's plots");
+    assert!(shown["status"].as_str().unwrap().contains("queries against"), "{shown}");
 
     session.close().await;
     drop(driver);
