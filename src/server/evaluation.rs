@@ -248,13 +248,13 @@ impl Evaluations {
             return Ok(dir.clone());
         }
         let mut temp = self.temp.lock().unwrap_or_else(|p| p.into_inner());
-        if temp.is_none() {
-            let made = tempfile::Builder::new().prefix("hashsrv-evaluations-").tempdir().map_err(|source| {
+        let made = match temp.take() {
+            Some(made) => made,
+            None => tempfile::Builder::new().prefix("hashsrv-evaluations-").tempdir().map_err(|source| {
                 StartError::Folder { path: std::env::temp_dir().join("hashsrv-evaluations-*"), source }
-            })?;
-            *temp = Some(made);
-        }
-        Ok(temp.as_ref().map(|t| t.path().to_path_buf()).unwrap_or_default())
+            })?,
+        };
+        Ok(temp.insert(made).path().to_path_buf())
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Job>>> {
