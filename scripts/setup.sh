@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything hashsrv needs on a fresh machine, idempotently:
 #   - Debian packages: the Fashion-MNIST data set (the embedded default) and, with
-#     --with-test-tools, headless Chromium for the web-page tests;
+#     --with-test-tools, headless Chromium and its chromedriver for the web-page tests;
 #   - a project-local venv (.venv) holding the pinned native runtimes from PyPI:
 #     torch==2.13.0 (libtorch for tch 0.26) and onnxruntime==1.31.1 (libonnxruntime.so);
 #   - writes .venv/hashsrv.env, which the other scripts source to find both libraries.
@@ -29,6 +29,7 @@ apt_pkgs=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || apt_pkgs+=(dataset-fashion-mnist)
 if [ "$with_test_tools" = 1 ]; then
   command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || apt_pkgs+=(chromium-driver)
 fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null 2>&1; then

@@ -17,6 +17,7 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use crate::dataset::{DatasetError, Item};
 use crate::index::code::{CodeError, HashCode, check_bits};
 use crate::onnxruntime::RuntimeError;
 use crate::preprocess::{Preprocess, PreprocessError};
@@ -127,6 +128,14 @@ pub enum EncoderError {
     Code(#[from] CodeError),
     #[error("{0}")]
     Mismatch(String),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("{path}: {source}")]
+    ItemPreprocess {
+        path: String,
+        #[source]
+        source: PreprocessError,
+    },
 }
 
 /// A loaded model, ready to encode. Shareable across threads; runs are serialised (ONNX Runtime
@@ -212,6 +221,34 @@ impl Encoder {
     pub fn encode_images(&self, images: &[DynamicImage]) -> Result<Vec<HashCode>, EncoderError> {
         let batch = self.preprocess_batch(images)?;
         self.encode_tensor(&batch, images.len())
+    }
+
+    /// Codes of data set items, `batch` at a time: each batch is loaded and preprocessed in
+    /// parallel on the current rayon pool (so a caller bounds the threads with
+    /// `ThreadPool::install`), then run as one batch. `progress` gets the items done so far after
+    /// each batch.
+    pub fn encode_items(
+        &self,
+        items: &[Item],
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<HashCode>, EncoderError> {
+        let preprocess = &self.info.preprocess;
+        let per_image = preprocess.tensor_len();
+        let mut codes = Vec::with_capacity(items.len());
+        let mut tensor = Vec::new();
+        for chunk in items.chunks(batch.max(1)) {
+            tensor.resize(chunk.len() * per_image, 0.0);
+            chunk.par_iter().zip(tensor.par_chunks_mut(per_image)).try_for_each(|(item, out)| {
+                let image = item.load()?;
+                preprocess
+                    .eval_into(&image, out)
+                    .map_err(|source| EncoderError::ItemPreprocess { path: item.path.clone(), source })
+            })?;
+            codes.extend(self.encode_tensor(&tensor, chunk.len())?);
+            progress(codes.len());
+        }
+        Ok(codes)
     }
 
     /// Checks this model against what an index was built with: the code lengths must be equal

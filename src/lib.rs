@@ -8,6 +8,7 @@ pub mod baselines;
 pub mod cli;
 pub mod dataset;
 pub mod encoder;
+pub mod evaluation;
 pub mod onnxruntime;
 pub mod preprocess;
 pub mod report;

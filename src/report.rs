@@ -80,9 +80,13 @@ pub fn print(title: &str, report: &EvalReport, extra: &serde_json::Value, json: 
     }
 }
 
+/// Every plot [`write`] may draw, by file name.
+pub const PLOTS: [&str; 2] = ["pr_curve.svg", "precision_at_k.svg"];
+
 /// Writes `metrics.json` (the report plus `extra`, e.g. model and timing), `pr_curve.svg` and
-/// `precision_at_k.svg` into `dir`, creating it.
-pub fn write(dir: &Path, report: &EvalReport, extra: &serde_json::Value) -> Result<(), ReportError> {
+/// `precision_at_k.svg` into `dir`, creating it. Returns the plots drawn (of [`PLOTS`]; a plot
+/// without points is left out).
+pub fn write(dir: &Path, report: &EvalReport, extra: &serde_json::Value) -> Result<Vec<&'static str>, ReportError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| ReportError::Io { path, source }
@@ -92,15 +96,19 @@ pub fn write(dir: &Path, report: &EvalReport, extra: &serde_json::Value) -> Resu
     let text = serde_json::to_string_pretty(&to_json(report, extra)).expect("JSON value serialises");
     std::fs::write(&metrics, text + "\n").map_err(io(&metrics))?;
 
+    let [pr_curve, precision_at_k] = PLOTS;
+    let mut drawn = Vec::new();
     let curve: Vec<(f64, f64)> = report.pr_curve.iter().filter_map(|e| Some((e.recall?, e.precision?))).collect();
     if !curve.is_empty() {
-        line_plot(&dir.join("pr_curve.svg"), "Precision-recall by Hamming radius", "recall", "precision", &curve)?;
+        line_plot(&dir.join(pr_curve), "Precision-recall by Hamming radius", "recall", "precision", &curve)?;
+        drawn.push(pr_curve);
     }
     let at_k: Vec<(f64, f64)> = report.precision_at_k.iter().filter_map(|e| Some((e.k as f64, e.precision?))).collect();
     if !at_k.is_empty() {
-        line_plot(&dir.join("precision_at_k.svg"), "Precision@k", "k", "precision", &at_k)?;
+        line_plot(&dir.join(precision_at_k), "Precision@k", "k", "precision", &at_k)?;
+        drawn.push(precision_at_k);
     }
-    Ok(())
+    Ok(drawn)
 }
 
 fn line_plot(

@@ -309,7 +309,16 @@ async fn health_metrics_openapi_and_page() {
     let (status, _, body) = send(&state, get("/openapi.json")).await;
     assert_eq!(status, StatusCode::OK);
     let api: Value = serde_json::from_slice(&body).unwrap();
-    for path in ["/search", "/images/{id}", "/health", "/metrics", "/admin/reload"] {
+    for path in [
+        "/search",
+        "/images/{id}",
+        "/evaluate",
+        "/evaluate/{job}",
+        "/evaluate/{job}/{plot}",
+        "/health",
+        "/metrics",
+        "/admin/reload",
+    ] {
         assert!(api["paths"][path].is_object(), "{path} not documented");
     }
 

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use hashsrv_index::metrics::{self, EvalConfig, TieMode};
-use hashsrv_index::{CodeIndex, CodeMatrix, npy};
+use hashsrv_index::metrics::{EvalConfig, TieMode};
+use hashsrv_index::{CodeIndex, npy};
 
 use crate::dataset::{DatasetKind, OpenOptions, Split};
+use crate::evaluation::{self, Queries};
 
 /// Flags of `hashsrv evaluate`.
 #[derive(Debug, clap::Args)]
@@ -77,7 +78,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let index = CodeIndex::open(&args.index)?;
-    let (query_words, query_labels, source) = match (&args.dataset, &args.query_codes) {
+    let (queries, source) = match (&args.dataset, &args.query_codes) {
         (Some(kind), None) => encode_queries(&args, *kind, &index)?,
         (None, Some(codes_path)) => {
             let labels_path = args.query_labels.as_deref().context("--query-codes needs --query-labels")?;
@@ -92,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 );
             }
             let source = serde_json::json!({ "query_codes": codes_path, "query_labels": labels_path });
-            (codes.into_words(), labels, source)
+            (Queries { bits: codes.bits(), words: codes.into_words(), labels }, source)
         }
         _ => bail!("say what the queries are: --dataset with --model, or --query-codes with --query-labels"),
     };
@@ -104,13 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         pr_curve: true,
     };
     let metrics_started = Instant::now();
-    let report = metrics::evaluate(
-        index.codes(),
-        index.labels(),
-        CodeMatrix::new(index.bits(), &query_words),
-        &query_labels,
-        &config,
-    )?;
+    let report = queries.evaluate(&index, &config)?;
     let mut extra = serde_json::json!({
         "index": args.index,
         "model_sha256": index.metadata().model_sha256,
@@ -138,26 +133,19 @@ fn describe(args: &Args) -> String {
 }
 
 /// The test split's codes by the model, after checking the model against the index.
-fn encode_queries(
-    args: &Args,
-    kind: DatasetKind,
-    index: &CodeIndex,
-) -> anyhow::Result<(Vec<u64>, Vec<u32>, serde_json::Value)> {
+fn encode_queries(args: &Args, kind: DatasetKind, index: &CodeIndex) -> anyhow::Result<(Queries, serde_json::Value)> {
     let model = args.model.as_deref().context("--dataset needs --model")?;
     let encoder = args.run.open(model)?;
     encoder.check_against_index(index, args.allow_model_mismatch)?;
     let options = OpenOptions { limit_test: args.limit_test, ..Default::default() };
     let dataset = super::open_dataset(kind, args.data.as_deref(), &options)?;
-    if let Some(indexed) = &index.metadata().dataset
-        && indexed != &kind.to_string()
-    {
-        bail!("the index was built from {indexed} but the queries come from {kind}");
-    }
-    let items = dataset.split(args.split);
-    let codes = super::encode_items(&encoder, items, args.run.batch, "encoding queries")?;
-    let labels = items.iter().map(|item| item.label).collect();
+    let progress = super::progress_bar(dataset.split(args.split).len(), "encoding queries");
+    let queries = evaluation::encode_queries(&encoder, index, &dataset, args.split, args.run.batch, |done| {
+        progress.set_position(done as u64)
+    })?;
+    progress.finish_and_clear();
     let source = serde_json::json!({
         "dataset": kind, "split": args.split.to_string(), "model": model, "queries_from": dataset.root(),
     });
-    Ok((super::code_words(&codes), labels, source))
+    Ok((queries, source))
 }

@@ -38,35 +38,28 @@ pub(crate) fn open_dataset(
     Ok(crate::dataset::Dataset::open(kind, &root, options)?)
 }
 
-/// Codes of data set items with `encoder`: images decoded and preprocessed in parallel, then run
-/// through the model `batch` at a time, with a progress bar on stderr.
+/// Codes of data set items with `encoder` ([`crate::encoder::Encoder::encode_items`]), with a
+/// progress bar on stderr.
 pub(crate) fn encode_items(
     encoder: &crate::encoder::Encoder,
     items: &[crate::dataset::Item],
     batch: usize,
     what: &str,
 ) -> anyhow::Result<Vec<hashsrv_index::HashCode>> {
-    use rayon::prelude::*;
-    let preprocess = encoder.preprocess().clone();
-    let per_image = preprocess.tensor_len();
-    let progress = indicatif::ProgressBar::new(items.len() as u64).with_style(
+    let progress = progress_bar(items.len(), what);
+    let codes = encoder.encode_items(items, batch, |done| progress.set_position(done as u64))?;
+    progress.finish_and_clear();
+    Ok(codes)
+}
+
+/// A progress bar on stderr for encoding `len` images.
+pub(crate) fn progress_bar(len: usize, what: &str) -> indicatif::ProgressBar {
+    let progress = indicatif::ProgressBar::new(len as u64).with_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
             .expect("valid progress template"),
     );
     progress.set_message(what.to_owned());
-    let mut codes = Vec::with_capacity(items.len());
-    let mut tensor = Vec::new();
-    for chunk in items.chunks(batch.max(1)) {
-        tensor.resize(chunk.len() * per_image, 0.0);
-        chunk.par_iter().zip(tensor.par_chunks_mut(per_image)).try_for_each(|(item, out)| {
-            let image = item.load()?;
-            preprocess.eval_into(&image, out).map_err(|e| anyhow::anyhow!("{}: {e}", item.path))
-        })?;
-        codes.extend(encoder.encode_tensor(&tensor, chunk.len())?);
-        progress.inc(chunk.len() as u64);
-    }
-    progress.finish_and_clear();
-    Ok(codes)
+    progress
 }
 
 /// The words of `codes`, code after code (the layout of [`hashsrv_index::CodeMatrix`]).

@@ -18,7 +18,9 @@ use crate::server::{AppState, ServerConfig, serve, shutdown_signal};
   hashsrv serve --model runs/fm64/model.onnx --index fm64-train.hidx
   hashsrv serve --model m.onnx --index train.hidx --dataset fashion-mnist --data /data/fashion-mnist --addr 0.0.0.0:8080
   curl -F image=@shoe.jpg 'http://127.0.0.1:8080/search?k=5'
-  curl -X POST http://127.0.0.1:8080/admin/reload     # reopen model and index (loopback only; also SIGHUP)")]
+  curl -X POST http://127.0.0.1:8080/admin/reload     # reopen model and index (loopback only; also SIGHUP)
+  curl -X POST http://127.0.0.1:8080/evaluate -d '{\"limit\": 1000}'   # evaluate on --dataset's test split
+  curl http://127.0.0.1:8080/evaluate/1                # its progress, then metrics and plots")]
 pub struct Args {
     /// The exported model (model.onnx).
     #[arg(long)]
@@ -29,7 +31,8 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    /// The data set the index was built from, for thumbnails on the web page.
+    /// The data set the index was built from: thumbnails on the web page, and its test split
+    /// for evaluation jobs (POST /evaluate).
     #[arg(long, requires = "data")]
     pub dataset: Option<DatasetKind>,
     /// Root folder of that data set.
@@ -62,6 +65,13 @@ pub struct Args {
     /// Requests taking longer are answered 503 (seconds).
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
+    /// Folder for evaluation reports, one subfolder per job (default: a temporary folder
+    /// removed when the server stops).
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+    /// Threads of an evaluation job (default and most: --threads, else one per core).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub eval_threads: Option<u32>,
 }
 
 /// Runs `hashsrv serve` until ctrl-c or SIGTERM, then drains the requests in flight.
@@ -79,6 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.max_k = args.max_k.max(1);
     config.request_timeout = Duration::from_secs(args.timeout_secs.max(1));
     config.dataset = args.dataset.zip(args.data);
+    config.evaluation.report_dir = args.report_dir;
+    config.evaluation.threads = args.eval_threads.map(|t| t as usize);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
         let state = AppState::new(config)?;

@@ -1,5 +1,6 @@
 //! The one JSON error shape of the API, `{"error": "<kind>", "detail": "<what went wrong and
-//! what to do>"}`, and the mapping of every failure to its HTTP status.
+//! what to do>"}` (plus `"job"` when the error is about an evaluation job), and the mapping of
+//! every failure to its HTTP status.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,6 +18,8 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds for a `Retry-After` header (load shedding).
     pub retry_after: Option<u32>,
+    /// The evaluation job the error is about (a second `POST /evaluate` names the running one).
+    pub job: Option<String>,
 }
 
 /// The kind of an error response, left in the response extensions for the metrics layer.
@@ -27,11 +30,13 @@ pub struct ErrorKind(pub &'static str);
 struct Body<'a> {
     error: &'a str,
     detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a str>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, kind, detail: detail.into(), retry_after: None }
+        ApiError { status, kind, detail: detail.into(), retry_after: None, job: None }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -86,7 +91,8 @@ impl From<SubmitError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(Body { error: self.kind, detail: &self.detail })).into_response();
+        let body = Body { error: self.kind, detail: &self.detail, job: self.job.as_deref() };
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

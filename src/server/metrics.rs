@@ -1,5 +1,6 @@
 //! The server's Prometheus metrics, hand-written in the text exposition format: request and
-//! error counters, per-stage latency histograms, the batch size histogram and the queue depth.
+//! error counters, per-stage latency histograms, the batch size histogram, the queue depth and
+//! the evaluation jobs by outcome.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -73,6 +74,9 @@ pub struct Metrics {
     queue_capacity: usize,
     shed: AtomicU64,
     index_size: AtomicU64,
+    evaluations_running: AtomicU64,
+    evaluations_done: AtomicU64,
+    evaluations_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -86,6 +90,9 @@ impl Metrics {
             queue_capacity,
             shed: AtomicU64::new(0),
             index_size: AtomicU64::new(0),
+            evaluations_running: AtomicU64::new(0),
+            evaluations_done: AtomicU64::new(0),
+            evaluations_failed: AtomicU64::new(0),
         }
     }
 
@@ -142,6 +149,17 @@ impl Metrics {
         self.index_size.store(items as u64, Ordering::Relaxed);
     }
 
+    pub fn evaluation_started(&self) {
+        self.evaluations_running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A job ended, `done` or failed.
+    pub fn evaluation_finished(&self, done: bool) {
+        self.evaluations_running.fetch_sub(1, Ordering::Relaxed);
+        let outcome = if done { &self.evaluations_done } else { &self.evaluations_failed };
+        outcome.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -175,6 +193,14 @@ impl Metrics {
         out.push_str("# HELP hashsrv_index_items Items in the served index.\n");
         out.push_str("# TYPE hashsrv_index_items gauge\n");
         let _ = writeln!(out, "hashsrv_index_items {}", self.index_size.load(Ordering::Relaxed));
+        out.push_str("# HELP hashsrv_evaluations_total Evaluation jobs that ended, by outcome.\n");
+        out.push_str("# TYPE hashsrv_evaluations_total counter\n");
+        for (outcome, n) in [("done", &self.evaluations_done), ("failed", &self.evaluations_failed)] {
+            let _ = writeln!(out, "hashsrv_evaluations_total{{outcome=\"{outcome}\"}} {}", n.load(Ordering::Relaxed));
+        }
+        out.push_str("# HELP hashsrv_evaluations_running Evaluation jobs running (at most one).\n");
+        out.push_str("# TYPE hashsrv_evaluations_running gauge\n");
+        let _ = writeln!(out, "hashsrv_evaluations_running {}", self.evaluations_running.load(Ordering::Relaxed));
         out
     }
 }
@@ -219,5 +245,21 @@ mod tests {
         assert!(text.contains("hashsrv_stage_seconds_count{stage=\"decode\"} 0\n"));
         assert!(text.contains("hashsrv_queue_depth 1\n"));
         assert_eq!(m.stage("inference").map(Histogram::count), Some(1));
+    }
+
+    #[test]
+    fn evaluation_jobs_are_counted_by_outcome() {
+        let m = Metrics::new(1);
+        m.evaluation_started();
+        assert!(m.render().contains("hashsrv_evaluations_running 1\n"));
+        m.evaluation_finished(false);
+        m.evaluation_started();
+        m.evaluation_finished(true);
+        m.evaluation_started();
+        m.evaluation_finished(true);
+        let text = m.render();
+        assert!(text.contains("hashsrv_evaluations_total{outcome=\"done\"} 2\n"), "{text}");
+        assert!(text.contains("hashsrv_evaluations_total{outcome=\"failed\"} 1\n"), "{text}");
+        assert!(text.contains("hashsrv_evaluations_running 0\n"), "{text}");
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP server: owns the served model and index (swapped atomically on reload), the
-//! micro-batcher, the metrics and the router. Handlers live in [`routes`].
+//! micro-batcher, the evaluation jobs, the metrics and the router. Handlers live in [`routes`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,6 +13,7 @@
 
 pub mod batcher;
 pub mod error;
+pub mod evaluation;
 pub mod metrics;
 pub mod routes;
 
@@ -26,6 +27,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 
 use self::batcher::{BatchConfig, Batcher};
+use self::evaluation::{EvaluationConfig, Evaluations};
 use self::metrics::Metrics;
 use crate::dataset::{Dataset, DatasetError, DatasetKind, Item, OpenOptions, Split};
 use crate::encoder::{Encoder, EncoderError, EncoderOptions};
@@ -50,8 +52,10 @@ pub struct ServerConfig {
     /// A request taking longer is answered 503 `timeout`.
     pub request_timeout: Duration,
     pub decode_limits: DecodeLimits,
-    /// The data set the index was built from, for thumbnails (`GET /images/{id}`).
+    /// The data set the index was built from, for thumbnails (`GET /images/{id}`) and, its
+    /// test split, for evaluation jobs (`POST /evaluate`).
     pub dataset: Option<(DatasetKind, PathBuf)>,
+    pub evaluation: EvaluationConfig,
 }
 
 impl ServerConfig {
@@ -69,6 +73,7 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(30),
             decode_limits: DecodeLimits::default(),
             dataset: None,
+            evaluation: EvaluationConfig::default(),
         }
     }
 }
@@ -171,6 +176,7 @@ pub struct AppState {
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
     pub thumbnails: Option<Thumbnails>,
+    pub evaluations: Evaluations,
     /// Serialises reloads (loading is slow; two at once would race on the swap).
     reloading: tokio::sync::Mutex<()>,
 }
@@ -191,12 +197,19 @@ impl AppState {
         let metrics = Arc::new(Metrics::new(config.batch.queue));
         metrics.set_index_size(loaded.index.len());
         let batcher = Batcher::start(config.batch, Arc::clone(&metrics));
+        let evaluations = Evaluations::new(
+            config.evaluation.clone(),
+            config.dataset.clone(),
+            config.encoder.clone(),
+            Arc::clone(&metrics),
+        );
         Arc::new(AppState {
             config,
             current: RwLock::new(Arc::new(loaded)),
             batcher,
             metrics,
             thumbnails,
+            evaluations,
             reloading: tokio::sync::Mutex::new(()),
         })
     }

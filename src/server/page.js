@@ -89,3 +89,72 @@ if (queryParam !== null && /^\/images\/[0-9]+$/.test(queryParam)) {
     .then((blob) => search(new File([blob], "query.png", { type: blob.type })))
     .catch((err) => show("cannot load " + queryParam + ": " + err, true));
 }
+
+// "Evaluate": POST /evaluate (or follow the job already running), poll it, then show its
+// metrics table and plots.
+const evalStatus = document.getElementById("eval-status");
+const evalTable = document.getElementById("eval-table");
+const evalPlots = document.getElementById("eval-plots");
+
+function evalShow(message, isError) {
+  evalStatus.textContent = message;
+  evalStatus.className = isError ? "error" : "";
+}
+
+function number(x) {
+  return x === null || x === undefined ? "n/a" : x.toFixed(4);
+}
+
+function showReport(job) {
+  const m = job.metrics;
+  const rows = [];
+  for (const e of m.map) rows.push(["mAP@all", number(e.map), "ties: " + e.ties]);
+  for (const e of m.map_at_k) {
+    rows.push(["mAP@" + e.k, number(e.ir), "denominator min(relevant, k)"]);
+    rows.push(["mAP@" + e.k, number(e.found_in_top_k), "denominator relevant found in top k"]);
+  }
+  for (const e of m.precision_at_k) rows.push(["precision@" + e.k, number(e.precision), "ties: " + e.ties]);
+  rows.push(["precision@r<=" + m.radius.radius, number(m.radius.precision), "recall " + number(m.radius.recall)]);
+  evalTable.replaceChildren(
+    ...rows.map((cells) => {
+      const tr = document.createElement("tr");
+      for (const text of cells) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      return tr;
+    }),
+  );
+  evalPlots.replaceChildren(
+    ...job.plots.map((url) => {
+      const img = document.createElement("img");
+      img.src = url;
+      img.alt = url;
+      return img;
+    }),
+  );
+  evalShow(m.evaluated_queries + " queries against " + m.database_size + " items, " + m.bits + " bits", false);
+}
+
+async function follow(statusUrl) {
+  for (;;) {
+    const job = await (await fetch(statusUrl)).json();
+    if (job.status === "done") return showReport(job);
+    if (job.status === "failed") return evalShow("evaluation failed: " + job.error, true);
+    evalShow("job " + job.job + ": encoded " + job.progress.done + " of " + job.progress.total + " queries", false);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+document.getElementById("evaluate").addEventListener("click", async () => {
+  try {
+    const response = await fetch("/evaluate", { method: "POST" });
+    const body = await response.json();
+    if (response.status === 202) return await follow(body.status_url);
+    if (body.error === "evaluation_running") return await follow("/evaluate/" + encodeURIComponent(body.job));
+    evalShow(body.error + ": " + body.detail, true);
+  } catch (err) {
+    evalShow("request failed: " + err, true);
+  }
+});

@@ -1,6 +1,7 @@
-//! The HTTP routes: `POST /search`, `GET /images/{id}`, `GET /health`, `GET /metrics`,
-//! `GET /openapi.json`, `GET /` (the web page) and `POST /admin/reload` (loopback only), with
-//! the layers every route shares (request timeout, metrics, JSON 404/405).
+//! The HTTP routes: `POST /search`, `GET /images/{id}`, `POST /evaluate` and
+//! `GET /evaluate/{job}[/{plot}]`, `GET /health`, `GET /metrics`, `GET /openapi.json`, `GET /`
+//! (the web page) and `POST /admin/reload` (loopback only), with the layers every route shares
+//! (request timeout, metrics, JSON 404/405).
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorKind};
 
+use super::evaluation::{EvaluateRequest, JobView, StartError};
 use super::{AppState, Loaded};
 use crate::index::{HashCode, SearchMethod, SearchOptions};
 use crate::preprocess::decode_image;
@@ -38,6 +40,9 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .route("/page.js", get(page_js))
         .route("/search", post(search))
         .route("/images/{id}", get(thumbnail))
+        .route("/evaluate", post(start_evaluation))
+        .route("/evaluate/{job}", get(evaluation))
+        .route("/evaluate/{job}/{plot}", get(evaluation_plot))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
@@ -505,4 +510,62 @@ async fn thumbnail(State(state): Shared, Path(id): Path<String>) -> Result<Respo
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
     Ok((headers, png).into_response())
+}
+
+/// The answer to a started evaluation.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct EvaluationStarted {
+    pub job: String,
+    pub status_url: String,
+}
+
+/// `POST /evaluate`: starts an evaluation job of the served model and index on the test split
+/// of the server's data set (202), unless one is running (409 naming it).
+async fn start_evaluation(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let request = EvaluateRequest::parse(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{e}; send nothing, or e.g. {{\"limit\": 1000, \"ties\": [\"expected\"], \"precision_at_k\": [10]}}"
+        ))
+    })?;
+    let job = state.evaluations.start(state.current(), request).map_err(|e| match &e {
+        StartError::NoDataset => ApiError::new(StatusCode::CONFLICT, "no_dataset", e.to_string()),
+        StartError::Running(id) => ApiError {
+            job: Some(id.clone()),
+            ..ApiError::new(StatusCode::CONFLICT, "evaluation_running", e.to_string())
+        },
+        StartError::Folder { .. } | StartError::Thread(_) => ApiError::internal(e.to_string()),
+    })?;
+    let status_url = format!("/evaluate/{job}");
+    let location = HeaderValue::from_str(&status_url).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(EvaluationStarted { job, status_url }))
+        .into_response())
+}
+
+/// `GET /evaluate/{job}`: progress, then the metrics and plot links.
+async fn evaluation(State(state): Shared, Path(job): Path<String>) -> Result<Json<JobView>, ApiError> {
+    state.evaluations.view(&job).map(Json).ok_or_else(|| no_job(&job))
+}
+
+fn no_job(job: &str) -> ApiError {
+    ApiError::not_found(format!("no evaluation job {job:?}; POST /evaluate starts one"))
+}
+
+/// `GET /evaluate/{job}/{plot}`: a plot the job drew (only those names; no path reaches the
+/// filesystem otherwise).
+async fn evaluation_plot(
+    State(state): Shared,
+    Path((job, plot)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if state.evaluations.view(&job).is_none() {
+        return Err(no_job(&job));
+    }
+    let file = state.evaluations.plot(&job, &plot).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "evaluation job {job} has no plot {plot:?}; its plots are listed in GET /evaluate/{job}"
+        ))
+    })?;
+    let svg = tokio::fs::read(&file)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot read the plot {}: {e}", file.display())))?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
