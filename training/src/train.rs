@@ -453,16 +453,13 @@ fn train_epoch(
         let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
         let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
         let labels = Tensor::from_slice(&labels).to_device(device);
-        let outputs = net.forward_t(&xs, true);
-        let loss = loss_fn.forward(&outputs, &labels);
-        optimizer.backward_step(&loss.total);
-        let value = loss.total.double_value(&[]);
-        if !value.is_finite() {
-            return Err(TrainError::Diverged(value, epoch + 1));
+        let step = train_step(net, optimizer, loss_fn, &xs, &labels);
+        if !step.total.is_finite() {
+            return Err(TrainError::Diverged(step.total, epoch + 1));
         }
-        loss_sum += value;
-        active_sum += loss.active as f64 / loss.valid.max(1) as f64;
-        quant_sum += loss.quantization.double_value(&[]);
+        loss_sum += step.total;
+        active_sum += step.active as f64 / step.valid.max(1) as f64;
+        quant_sum += step.quantization;
         images += batch.len();
         steps += 1;
         let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -482,6 +479,37 @@ fn train_epoch(
         seconds,
         images_per_second: images as f64 / seconds.max(1e-9),
     })
+}
+
+/// What one optimisation step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutput {
+    /// The loss that was back-propagated.
+    pub total: f64,
+    /// The unweighted quantization regulariser.
+    pub quantization: f64,
+    /// Active and valid triplets (see [`crate::loss::LossOutput`]).
+    pub active: i64,
+    pub valid: i64,
+}
+
+/// One SGD step of the whole network on a batch `xs` [B,3,S,S] with `labels` [B] (int64), both
+/// on the network's device. `scripts/bench_train.py` times this function against PyTorch.
+pub fn train_step(
+    net: &HashNet,
+    optimizer: &mut nn::Optimizer,
+    loss_fn: &TripletLoss,
+    xs: &Tensor,
+    labels: &Tensor,
+) -> StepOutput {
+    let loss = loss_fn.forward(&net.forward_t(xs, true), labels);
+    optimizer.backward_step(&loss.total);
+    StepOutput {
+        total: loss.total.double_value(&[]),
+        quantization: loss.quantization.double_value(&[]),
+        active: loss.active,
+        valid: loss.valid,
+    }
 }
 
 /// The codes of `items` (evaluation transform, network in evaluation mode), code after code as
