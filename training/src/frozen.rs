@@ -28,6 +28,8 @@ pub struct FrozenTrunk {
     /// Positions of the Fit and Val items in the training split (int64, on the device).
     fit: Tensor,
     val: Tensor,
+    /// Labels of the Fit items (int64, on the device), indexed like the sampler's batches.
+    fit_labels: Tensor,
 }
 
 impl FrozenTrunk {
@@ -62,8 +64,13 @@ impl FrozenTrunk {
             })?;
             Ok(Tensor::from_slice(&found).to_device(device))
         };
-        let frozen =
-            Self { train: features.to_device(device), fit: positions(Split::Fit)?, val: positions(Split::Val)? };
+        let fit_labels: Vec<i64> = data.split(Split::Fit).iter().map(|item| i64::from(item.label)).collect();
+        let frozen = Self {
+            train: features.to_device(device),
+            fit: positions(Split::Fit)?,
+            val: positions(Split::Val)?,
+            fit_labels: Tensor::from_slice(&fit_labels).to_device(device),
+        };
         tracing::info!(
             items = train.len(),
             seconds = started.elapsed().as_secs_f64(),
@@ -80,7 +87,6 @@ impl FrozenTrunk {
         optimizer: &mut nn::Optimizer,
         loss_fn: &TripletLoss,
         sampler: &PkSampler,
-        fit_labels: &Tensor,
         epoch: u64,
     ) -> Result<EpochMetrics, TrainError> {
         let started = Instant::now();
@@ -94,7 +100,7 @@ impl FrozenTrunk {
                 optimizer,
                 loss_fn,
                 &fit_features.index_select(0, &index),
-                &fit_labels.index_select(0, &index),
+                &self.fit_labels.index_select(0, &index),
             );
             if !step.total.is_finite() {
                 return Err(TrainError::Diverged(step.total, epoch + 1));

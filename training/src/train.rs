@@ -307,13 +307,12 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
         true => Some(FrozenTrunk::compute(config, &mut vs, &net, &data, &preprocess, device)?),
         false => None,
     };
-    let fit_labels = Tensor::from_slice(&labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>()).to_device(device);
 
     for epoch in start_epoch..config.epochs {
         let lr = config.lr_at(epoch);
         optimizer.set_lr(lr);
         let epoch_metrics = match &frozen {
-            Some(frozen) => frozen.train_epoch(config, &net, &mut optimizer, &loss_fn, &sampler, &fit_labels, epoch)?,
+            Some(frozen) => frozen.train_epoch(config, &net, &mut optimizer, &loss_fn, &sampler, epoch)?,
             None => train_epoch(config, &net, &mut optimizer, &loss_fn, &sampler, &fit, &preprocess, device, epoch)?,
         };
         tracing::info!(
