@@ -5,9 +5,7 @@
 //! The model's identity is the SHA-256 of the `.onnx` file bytes; [`Encoder::check_against`]
 //! compares it (and the code length) with what an index was built with.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Mutex;
 
 use image::DynamicImage;
@@ -18,6 +16,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::dataset::{DatasetError, Item};
+pub use crate::device::Device;
 use crate::index::code::{CodeError, HashCode, check_bits};
 use crate::onnxruntime::RuntimeError;
 use crate::preprocess::{Preprocess, PreprocessError};
@@ -26,45 +25,6 @@ use crate::preprocess::{Preprocess, PreprocessError};
 pub const INPUT_NAME: &str = "images";
 /// Name of the model's output (tanh activations, one per bit).
 pub const OUTPUT_NAME: &str = "outputs";
-
-/// Where inference runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Device {
-    /// CUDA device 0 when ONNX Runtime has the CUDA provider and it starts, else the CPU.
-    #[default]
-    Auto,
-    Cpu,
-    /// This CUDA device, or an error.
-    Cuda(i32),
-}
-
-impl FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim().to_ascii_lowercase();
-        match s.as_str() {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse::<i32>().ok())
-                .filter(|n| *n >= 0)
-                .map(Device::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?}: expected auto, cpu, cuda or cuda:N")),
-        }
-    }
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Device::Auto => f.write_str("auto"),
-            Device::Cpu => f.write_str("cpu"),
-            Device::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
 
 /// How to open an [`Encoder`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

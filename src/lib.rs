@@ -7,6 +7,7 @@
 pub mod baselines;
 pub mod cli;
 pub mod dataset;
+pub mod device;
 pub mod encoder;
 pub mod evaluation;
 pub mod onnxruntime;

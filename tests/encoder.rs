@@ -136,13 +136,7 @@ fn the_index_check_compares_bits_and_hash() {
 }
 
 #[test]
-fn devices_parse_and_auto_falls_back_to_the_cpu() {
-    assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
-    assert_eq!("CPU".parse::<Device>().unwrap(), Device::Cpu);
-    assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
-    assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
-    assert!("cuda:-1".parse::<Device>().is_err());
-    assert!("tpu".parse::<Device>().is_err());
+fn auto_device_falls_back_to_the_cpu() {
     let auto =
         Encoder::open(&model("tiny.onnx"), &EncoderOptions { device: Device::Auto, intra_threads: None }).unwrap();
     let cuda_available = <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available().unwrap_or(false);

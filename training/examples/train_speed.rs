@@ -1,16 +1,29 @@
-//! Training-step throughput of the hash network per recipe (input size x stem): forward,
-//! batch-all triplet loss and SGD step on a P x K batch of random images, on the CPU.
+//! Training-step throughput of the hash network: forward in training mode, batch-all triplet
+//! loss and SGD step (momentum 0.9, weight decay 5e-4) on one P x K batch (10 x 8) of random
+//! 3xSxS images, on the CPU. The step is `hashsrv_train::train::train_step`, the one the
+//! training run takes.
 //!
-//! `cargo run -p hashsrv-train --example train_speed -- [steps] [threads]` (the time is spent in
-//! libtorch, so the debug build measures the same as a release one).
+//! Two modes:
+//! - `train_speed [steps] [threads]`: a table over the recipes (input size x stem).
+//! - `train_speed serve <threads> <input_size> <imagenet|small>`: the worker that
+//!   `scripts/bench_train.py` drives beside its PyTorch twin. It builds the network, then reads
+//!   lines `<steps>` from stdin, runs that many steps and answers `<wall s> <cpu s> <loss>`, so
+//!   the driver can alternate the two sides block by block without process start-up in the
+//!   timings.
 //!
-//! Prints wall-clock images/s and images per CPU-second of this process (the latter is what the
-//! machine would give with the cores to itself, when other work shares them).
+//! The time is spent in libtorch, so the debug build measures the same as a release one.
+
+use std::io::{BufRead, Write};
 
 use hashsrv_train::loss::{Strategy, TripletLoss, default_margin};
 use hashsrv_train::model::{HashNet, HashNetConfig, Stem};
+use hashsrv_train::train::train_step;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
+
+const P: i64 = 10;
+const K: i64 = 8;
+const BITS: u32 = 64;
 
 /// User + system CPU seconds of this process, from /proc/self/stat (clock ticks of 1/100 s).
 fn cpu_seconds() -> f64 {
@@ -21,30 +34,80 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let steps: usize = args.next().map_or(Ok(3), |s| s.parse())?;
-    let threads: i32 = args.next().map_or(Ok(2), |s| s.parse())?;
-    tch::set_num_threads(threads);
-    let (p, k, bits) = (10i64, 8i64, 64u32);
-    let labels = Tensor::arange(p, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(k, 0, None);
-    let loss = TripletLoss { strategy: Strategy::BatchAll, margin: default_margin(bits), quantization: 0.0 };
-    println!("recipe               wall img/s   img/CPU-s   (batch {}, {steps} steps, {threads} threads)", p * k);
-    for (input_size, stem) in [(32, Stem::ImageNet), (64, Stem::ImageNet), (28, Stem::Small), (32, Stem::Small)] {
+/// A network, its optimiser and one fixed batch.
+struct Bench {
+    _vs: nn::VarStore,
+    net: HashNet,
+    optimizer: nn::Optimizer,
+    loss: TripletLoss,
+    xs: Tensor,
+    labels: Tensor,
+}
+
+impl Bench {
+    fn new(input_size: u32, stem: Stem) -> anyhow::Result<Self> {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = HashNet::new(&vs.root(), &HashNetConfig { bits, stem, input_size })?;
-        let mut opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 5e-4, nesterov: false }.build(&vs, 0.001)?;
+        let net = HashNet::new(&vs.root(), &HashNetConfig { bits: BITS, stem, input_size })?;
+        let optimizer = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 5e-4, nesterov: false }.build(&vs, 0.001)?;
         let side = i64::from(input_size);
-        let xs = Tensor::randn([p * k, 3, side, side], (Kind::Float, Device::Cpu));
-        let mut step = || opt.backward_step(&loss.forward(&net.forward_t(&xs, true), &labels).total);
-        step(); // warm-up: allocations and kernel selection
+        let xs = Tensor::randn([P * K, 3, side, side], (Kind::Float, Device::Cpu));
+        let labels = Tensor::arange(P, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(K, 0, None);
+        let loss = TripletLoss { strategy: Strategy::BatchAll, margin: default_margin(BITS), quantization: 0.0 };
+        Ok(Self { _vs: vs, net, optimizer, loss, xs, labels })
+    }
+
+    /// Runs `steps` steps; returns wall seconds, CPU seconds and the last loss.
+    fn run(&mut self, steps: usize) -> (f64, f64, f64) {
         let (wall, cpu) = (std::time::Instant::now(), cpu_seconds());
+        let mut last = f64::NAN;
         for _ in 0..steps {
-            step();
+            last = train_step(&self.net, &mut self.optimizer, &self.loss, &self.xs, &self.labels).total;
         }
-        let images = (steps as i64 * p * k) as f64;
-        let (wall, cpu) = (wall.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+        (wall.elapsed().as_secs_f64(), cpu_seconds() - cpu, last)
+    }
+}
+
+fn parse_stem(s: &str) -> anyhow::Result<Stem> {
+    match s {
+        "imagenet" => Ok(Stem::ImageNet),
+        "small" => Ok(Stem::Small),
+        _ => anyhow::bail!("unknown stem {s:?}: expected imagenet or small"),
+    }
+}
+
+fn serve(threads: i32, input_size: u32, stem: Stem) -> anyhow::Result<()> {
+    tch::set_num_threads(threads);
+    let mut bench = Bench::new(input_size, stem)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let steps: usize = line?.trim().parse()?;
+        let (wall, cpu, loss) = bench.run(steps);
+        writeln!(stdout, "{wall} {cpu} {loss}")?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve") {
+        let [threads, input_size, stem] = &args[1..] else {
+            anyhow::bail!("usage: train_speed serve <threads> <input_size> <imagenet|small>");
+        };
+        return serve(threads.parse()?, input_size.parse()?, parse_stem(stem)?);
+    }
+    let steps: usize = args.first().map_or(Ok(3), |s| s.parse())?;
+    let threads: i32 = args.get(1).map_or(Ok(2), |s| s.parse())?;
+    tch::set_num_threads(threads);
+    println!("recipe               wall img/s   img/CPU-s   (batch {}, {steps} steps, {threads} threads)", P * K);
+    for (input_size, stem) in [(32, Stem::ImageNet), (64, Stem::ImageNet), (28, Stem::Small), (32, Stem::Small)] {
+        let mut bench = Bench::new(input_size, stem)?;
+        bench.run(1); // warm-up: allocations and kernel selection
+        let (wall, cpu, _) = bench.run(steps);
+        let images = (steps as i64 * P * K) as f64;
         println!("{input_size}px {stem:<10?}     {:>10.1}  {:>10.1}", images / wall, images / cpu.max(1e-9));
     }
     Ok(())

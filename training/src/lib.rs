@@ -1,8 +1,10 @@
 //! `hashsrv-train` as a library: the hash network (ResNet-18 + FC + tanh) and its ONNX export,
-//! the triplet loss, the P x K sampler, the parallel loader, checkpoints and the training run.
+//! the triplet loss, the P x K sampler, the parallel loader, checkpoints, the training run and
+//! its frozen-trunk mode.
 //! The binary (`main.rs`) is only the command line.
 
 pub mod checkpoint;
+pub mod frozen;
 pub mod loader;
 pub mod loss;
 pub mod model;

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use hashsrv::dataset::DatasetKind;
+use hashsrv::device::Device;
 use hashsrv_train::loss::{Strategy, default_margin};
 use hashsrv_train::model::Stem;
-use hashsrv_train::train::{DeviceChoice, Schedule, TrainConfig, run};
+use hashsrv_train::train::{Schedule, TrainConfig, run};
 
 /// Trains the deep hash model (ResNet-18 + FC + tanh) with the triplet ranking loss.
 #[derive(Debug, Parser)]
@@ -61,9 +62,12 @@ struct Args {
     classes_per_batch: usize,
     #[arg(long, default_value_t = 10)]
     epochs: u64,
-    /// auto, cpu, cuda or cuda:N (the seed's --ngpu count: 0 = cpu).
-    #[arg(long, alias = "ngpu", default_value = "auto")]
-    device: DeviceChoice,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: Device,
+    /// The seed's GPU count: 0 = --device cpu, 1 or more = --device cuda:0.
+    #[arg(long, conflicts_with = "device")]
+    ngpu: Option<u32>,
     /// Keep a stratified subset of this many training images.
     #[arg(long)]
     limit_train: Option<usize>,
@@ -81,9 +85,14 @@ struct Args {
     /// imagenet (7x7/2 + max pool) or small (3x3/1; default for inputs up to 64 pixels).
     #[arg(long)]
     stem: Option<StemArg>,
-    /// `none` or a ResNet-18 checkpoint (torchvision .pth or safetensors).
+    /// `none`, a ResNet-18 checkpoint (torchvision .pth or safetensors), or a previous run's
+    /// `checkpoints/best.safetensors` (its hash layer is used only at the same --bits).
     #[arg(long, default_value = "none")]
     pretrained: String,
+    /// Keep the --pretrained trunk fixed: compute its features once and train only the hash
+    /// layer (seconds instead of hours on a CPU; e.g. 16/32-bit models from a 64-bit run).
+    #[arg(long)]
+    freeze_trunk: bool,
     /// Continue from <out>/checkpoints/last.
     #[arg(long)]
     resume: bool,
@@ -137,7 +146,7 @@ impl Args {
             batch: self.batch,
             classes_per_batch: self.classes_per_batch,
             epochs: self.epochs,
-            device: self.device,
+            device: self.ngpu.map_or(self.device, Device::from_ngpu),
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             val_fraction: self.val_fraction,
@@ -145,6 +154,7 @@ impl Args {
             input_size,
             stem,
             pretrained,
+            freeze_trunk: self.freeze_trunk,
             resume: self.resume,
             eval_every: self.eval_every,
             threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

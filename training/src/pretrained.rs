@@ -1,11 +1,13 @@
 //! Pretrained trunk weights from a local file: torchvision's `resnet18-f37072fd.pth` (a
-//! `torch.save` zip: `<name>/data.pkl` + `<name>/data/<key>` stored records) or a
-//! `.safetensors` file with the same keys.
+//! `torch.save` zip: `<name>/data.pkl` + `<name>/data/<key>` stored records), a
+//! `.safetensors` file with the same keys, or a previous run's `checkpoints/best.safetensors`
+//! (the same names plus `hash.*`).
 //!
 //! `VarStore::load` cannot read a `torch.save` state dict (it expects TorchScript), so the zip
 //! and the pickle are read here (see [`pickle`]). torchvision's `fc.*` and batch norm's
-//! `num_batches_tracked` are skipped; for the `Small` stem, whose `conv1` is 3x3, `conv1` and
-//! `bn1` keep their fresh initialisation.
+//! `num_batches_tracked` are skipped; for the `Small` stem, whose `conv1` is 3x3, an ImageNet
+//! `conv1` (7x7) and its `bn1` are skipped and keep their fresh initialisation. A checkpoint's
+//! `hash` layer is loaded when it has this network's code length and skipped otherwise.
 
 pub mod pickle;
 
@@ -37,12 +39,16 @@ pub enum PretrainedError {
     Tensor { path: PathBuf, what: String },
     #[error(
         "{path}: `{name}` has shape {found:?} but the network's is {expected:?}; \
-         the file must be a torchvision resnet18 state dict"
+         the file must be a torchvision resnet18 state dict or a hashsrv checkpoint"
     )]
     Shape { path: PathBuf, name: String, expected: Vec<i64>, found: Vec<i64> },
-    #[error("{path}: unexpected key `{name}`: the file must be a torchvision resnet18 state dict")]
+    #[error(
+        "{path}: unexpected key `{name}`: the file must be a torchvision resnet18 state dict or a hashsrv checkpoint"
+    )]
     UnexpectedKey { path: PathBuf, name: String },
-    #[error("{path} lacks {missing} trunk weights (e.g. `{first}`): the file must be a complete resnet18 state dict")]
+    #[error(
+        "{path} lacks {missing} trunk weights (e.g. `{first}`): the file must be a complete resnet18 state dict or hashsrv checkpoint"
+    )]
     MissingKeys { path: PathBuf, missing: usize, first: String },
 }
 
@@ -73,8 +79,9 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>, PretrainedE
     }
 }
 
-/// Copies the trunk weights in `path` into the network variables of `vs` (built by
-/// `HashNet::new` with `config`). The `hash` layer is never touched.
+/// Copies the weights in `path` into the network variables of `vs` (built by `HashNet::new`
+/// with `config`): the whole trunk (see the module docs for the small stem), and the `hash`
+/// layer only when the file has one of the same code length.
 pub fn load_pretrained(
     vs: &mut nn::VarStore,
     config: &HashNetConfig,
@@ -82,6 +89,12 @@ pub fn load_pretrained(
 ) -> Result<LoadReport, PretrainedError> {
     let tensors = read_state_dict(path)?;
     let mut vars = vs.variables();
+    let same_shape = |name: &str, tensors: &[(String, Tensor)]| {
+        let file = tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.size());
+        file.is_some() && file == vars.get(name).map(Tensor::size)
+    };
+    let skip_stem = config.stem == Stem::Small && !same_shape("conv1.weight", &tensors);
+    let skip_hash = !same_shape("hash.weight", &tensors) || !same_shape("hash.bias", &tensors);
     let mut report = LoadReport::default();
     let mut updates = Vec::new();
     for (name, tensor) in tensors {
@@ -89,8 +102,10 @@ pub fn load_pretrained(
             Some("torchvision's classifier; the hash layer replaces it")
         } else if name.ends_with(".num_batches_tracked") {
             Some("batch norm step counter, unused with momentum 0.1")
-        } else if config.stem == Stem::Small && (name.starts_with("conv1.") || name.starts_with("bn1.")) {
+        } else if skip_stem && (name.starts_with("conv1.") || name.starts_with("bn1.")) {
             Some("the small stem's 3x3 conv1 (and its batch norm) cannot use the 7x7 ImageNet stem")
+        } else if skip_hash && name.starts_with("hash.") {
+            Some("the file's hash layer has another code length; this run trains a fresh one")
         } else {
             None
         };
@@ -98,7 +113,7 @@ pub fn load_pretrained(
             report.skipped.push((name, reason.to_string()));
             continue;
         }
-        let Some(var) = vars.remove(&name).filter(|_| !name.starts_with("hash.")) else {
+        let Some(var) = vars.remove(&name) else {
             return Err(PretrainedError::UnexpectedKey { path: path.to_path_buf(), name });
         };
         if var.size() != tensor.size() {
@@ -113,10 +128,7 @@ pub fn load_pretrained(
     }
     let mut missing: Vec<String> = vars
         .into_keys()
-        .filter(|k| {
-            !k.starts_with("hash.")
-                && !(config.stem == Stem::Small && (k.starts_with("conv1.") || k.starts_with("bn1.")))
-        })
+        .filter(|k| !k.starts_with("hash.") && !(skip_stem && (k.starts_with("conv1.") || k.starts_with("bn1."))))
         .collect();
     if !missing.is_empty() {
         missing.sort();

@@ -10,9 +10,7 @@
 //! one half the queries and the other the database, so an evaluation costs one pass over Val and
 //! no query finds itself. The test split is never touched here.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +25,7 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{CheckpointError, CheckpointInfo, Checkpoints, write_atomically};
+use crate::frozen::FrozenTrunk;
 use crate::loader::{LoadError, Loader, Transform, sequential_batches};
 use crate::loss::{Strategy, TripletLoss};
 use crate::model::{HashNet, HashNetConfig, ModelError, Stem};
@@ -34,67 +33,22 @@ use crate::onnx::{ExportError, ExportMetadata, export_onnx};
 use crate::pretrained::{self, PretrainedError};
 use crate::sampler::{PkSampler, SamplerError};
 
-/// Where the network runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// The first CUDA device when libtorch sees one, else the CPU.
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl FromStr for DeviceChoice {
-    type Err = String;
-    /// `auto`, `cpu`, `cuda`, `cuda:N`; a bare number is the seed's `--ngpu` count: `0` is the
-    /// CPU and any other count the first GPU (training uses one device).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim().to_ascii_lowercase();
-        match s.as_str() {
-            "auto" => return Ok(DeviceChoice::Auto),
-            "cpu" => return Ok(DeviceChoice::Cpu),
-            "cuda" | "gpu" => return Ok(DeviceChoice::Cuda(0)),
-            _ => {}
-        }
-        if let Some(n) = s.strip_prefix("cuda:").or_else(|| s.strip_prefix("gpu:")) {
-            return n.parse().map(DeviceChoice::Cuda).map_err(|_| format!("invalid CUDA device number in {s:?}"));
-        }
-        match s.parse::<usize>() {
-            Ok(0) => Ok(DeviceChoice::Cpu),
-            Ok(_) => Ok(DeviceChoice::Cuda(0)),
-            Err(_) => Err(format!("unknown device {s:?}: expected auto, cpu, cuda or cuda:N")),
-        }
-    }
-}
-
-impl fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceChoice::Auto => f.write_str("auto"),
-            DeviceChoice::Cpu => f.write_str("cpu"),
-            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-impl DeviceChoice {
-    /// The tch device; asking for CUDA where libtorch sees none is an error.
-    pub fn resolve(self) -> Result<Device, TrainError> {
-        match self {
-            DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
-            DeviceChoice::Cuda(n) => {
-                let count = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
-                if n < count {
-                    Ok(Device::Cuda(n))
-                } else {
-                    Err(TrainError::Config(format!(
-                        "--device cuda:{n} asked for a GPU, but libtorch sees {count} CUDA device(s) \
-                         (tch::Cuda::is_available() is {}); use --device cpu, or --device auto to use a GPU only \
-                         when there is one",
-                        tch::Cuda::is_available()
-                    )))
-                }
+/// The libtorch device of `device`; asking for CUDA where libtorch sees none is an error.
+pub fn tch_device(device: hashsrv::device::Device) -> Result<Device, TrainError> {
+    use hashsrv::device::Device as Choice;
+    match device {
+        Choice::Cpu => Ok(Device::Cpu),
+        Choice::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+        Choice::Cuda(n) => {
+            let count = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+            match usize::try_from(n).ok().filter(|_| i64::from(n) < count) {
+                Some(n) => Ok(Device::Cuda(n)),
+                None => Err(TrainError::Config(format!(
+                    "--device cuda:{n} asked for a GPU, but libtorch sees {count} CUDA device(s) \
+                     (tch::Cuda::is_available() is {}); use --device cpu, or --device auto to use a GPU only \
+                     when there is one",
+                    tch::Cuda::is_available()
+                ))),
             }
         }
     }
@@ -149,15 +103,19 @@ pub struct TrainConfig {
     pub batch: usize,
     pub classes_per_batch: usize,
     pub epochs: u64,
-    pub device: DeviceChoice,
+    pub device: hashsrv::device::Device,
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
     pub val_fraction: f32,
     pub seed: u64,
     pub input_size: u32,
     pub stem: Stem,
-    /// A torchvision / safetensors ResNet-18 checkpoint to start from; `None` trains from scratch.
+    /// A torchvision / safetensors ResNet-18 checkpoint, or a previous run's checkpoint, to
+    /// start from; `None` trains from scratch.
     pub pretrained: Option<PathBuf>,
+    /// Train only the `hash` layer on trunk features computed once (see [`crate::frozen`]).
+    #[serde(default)]
+    pub freeze_trunk: bool,
     pub resume: bool,
     /// Evaluate on the validation split every this many epochs (and after the last).
     pub eval_every: u64,
@@ -216,6 +174,13 @@ impl TrainConfig {
                 "--batch {} is not a multiple of --classes-per-batch {}",
                 self.batch, self.classes_per_batch
             ));
+        }
+        if self.freeze_trunk && self.pretrained.is_none() {
+            return fail(
+                "--freeze-trunk needs --pretrained <file> (a previous run's checkpoints/best.safetensors or a \
+                 torchvision resnet18 .pth / safetensors): a frozen random trunk learns nothing"
+                    .into(),
+            );
         }
         if self.epochs == 0 || self.eval_every == 0 || self.threads == 0 {
             return fail("--epochs, --eval-every and --threads must be at least 1".into());
@@ -321,7 +286,7 @@ pub struct TrainSummary {
 /// Trains, evaluates, checkpoints and exports as `config` says.
 pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
     config.validate()?;
-    let device = config.device.resolve()?;
+    let device = tch_device(config.device)?;
     tracing::info!(device = ?device, requested = %config.device, "training device");
     tch::set_num_threads(config.threads as i32);
     let out = &config.out;
@@ -372,10 +337,16 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
     let mut optimizer = nn::Sgd { momentum: config.momentum, dampening: 0.0, wd: config.weight_decay, nesterov: false }
         .build(&vs, config.lr)?;
     let preprocess = config.preprocess();
+    let frozen = match config.freeze_trunk {
+        true => Some(FrozenTrunk::compute(config, &mut vs, &net, &data, &preprocess, device)?),
+        false => None,
+    };
 
     for epoch in start_epoch..config.epochs {
-        let epoch_metrics =
-            train_epoch(config, &net, &mut optimizer, &loss_fn, &sampler, &fit, &preprocess, device, epoch)?;
+        let epoch_metrics = match &frozen {
+            Some(frozen) => frozen.train_epoch(config, &net, &mut optimizer, &loss_fn, &sampler, epoch)?,
+            None => train_epoch(config, &net, &mut optimizer, &loss_fn, &sampler, &fit, &preprocess, device, epoch)?,
+        };
         tracing::info!(
             epoch = epoch + 1,
             loss = epoch_metrics.loss,
@@ -386,8 +357,14 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
         metrics.epochs.push(epoch_metrics);
         let completed = epoch + 1;
         let mut val_map = None;
-        if completed.is_multiple_of(config.eval_every) || completed == config.epochs {
-            let evaluation = evaluate(config, &net, &val, &preprocess, device, completed)?;
+        let evaluated = completed.is_multiple_of(config.eval_every) || completed == config.epochs;
+        if evaluated {
+            let started = Instant::now();
+            let words = match &frozen {
+                Some(frozen) => frozen.val_codes(&net)?,
+                None => encode(&net, &val, &preprocess, device, config, "validation")?,
+            };
+            let evaluation = evaluate(config.bits, &words, &val, completed, started)?;
             tracing::info!(epoch = completed, val_map = ?evaluation.val_map, ones = evaluation.ones_fraction, "validation");
             val_map = evaluation.val_map;
             metrics.evaluations.push(evaluation);
@@ -397,7 +374,11 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
             metrics.best = val_map.map(|m| (completed, m));
         }
         let info = CheckpointInfo { epoch: completed, config: config_json.clone(), val_map, best: metrics.best };
-        checkpoints.save("last", &vs, &info)?;
+        // A frozen-trunk epoch takes less time than writing the whole network, so `last` is
+        // written only with the evaluations there.
+        if frozen.is_none() || evaluated {
+            checkpoints.save("last", &vs, &info)?;
+        }
         if improved {
             checkpoints.save("best", &vs, &info)?;
         }
@@ -411,7 +392,12 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
     let model_sha256 = export_model(config, &data, &vs, &model)?;
     tracing::info!(path = %model.display(), sha256 = %model_sha256, "model exported");
     let index = out.join("train.hidx");
-    export_index(config, &data, &net, &preprocess, device, &model_sha256, &index)?;
+    let train: Arc<[Item]> = data.split(Split::Train).into();
+    let words = match &frozen {
+        Some(frozen) => frozen.train_codes(&net)?,
+        None => encode(&net, &train, &preprocess, device, config, "index")?,
+    };
+    export_index(config, &data, &words, &model_sha256, &index)?;
     Ok(TrainSummary { metrics, model, model_sha256, index })
 }
 
@@ -487,16 +473,13 @@ fn train_epoch(
         let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
         let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
         let labels = Tensor::from_slice(&labels).to_device(device);
-        let outputs = net.forward_t(&xs, true);
-        let loss = loss_fn.forward(&outputs, &labels);
-        optimizer.backward_step(&loss.total);
-        let value = loss.total.double_value(&[]);
-        if !value.is_finite() {
-            return Err(TrainError::Diverged(value, epoch + 1));
+        let step = train_step(net, optimizer, loss_fn, &xs, &labels);
+        if !step.total.is_finite() {
+            return Err(TrainError::Diverged(step.total, epoch + 1));
         }
-        loss_sum += value;
-        active_sum += loss.active as f64 / loss.valid.max(1) as f64;
-        quant_sum += loss.quantization.double_value(&[]);
+        loss_sum += step.total;
+        active_sum += step.active as f64 / step.valid.max(1) as f64;
+        quant_sum += step.quantization;
         images += batch.len();
         steps += 1;
         let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -518,52 +501,107 @@ fn train_epoch(
     })
 }
 
-/// The codes of `items` (evaluation transform, network in evaluation mode), code after code as
+/// What one optimisation step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutput {
+    /// The loss that was back-propagated.
+    pub total: f64,
+    /// The unweighted quantization regulariser.
+    pub quantization: f64,
+    /// Active and valid triplets (see [`crate::loss::LossOutput`]).
+    pub active: i64,
+    pub valid: i64,
+}
+
+/// One SGD step of the whole network on a batch `xs` [B,3,S,S] with `labels` [B] (int64), both
+/// on the network's device. `scripts/bench_train.py` times this function against PyTorch.
+pub fn train_step(
+    net: &HashNet,
+    optimizer: &mut nn::Optimizer,
+    loss_fn: &TripletLoss,
+    xs: &Tensor,
+    labels: &Tensor,
+) -> StepOutput {
+    optimise(optimizer, loss_fn, &net.forward_t(xs, true), labels)
+}
+
+/// One SGD step of the `hash` layer alone on trunk features [B,512] (the frozen-trunk mode).
+pub fn hash_step(
+    net: &HashNet,
+    optimizer: &mut nn::Optimizer,
+    loss_fn: &TripletLoss,
+    features: &Tensor,
+    labels: &Tensor,
+) -> StepOutput {
+    optimise(optimizer, loss_fn, &net.hash_head(features), labels)
+}
+
+fn optimise(optimizer: &mut nn::Optimizer, loss_fn: &TripletLoss, outputs: &Tensor, labels: &Tensor) -> StepOutput {
+    let loss = loss_fn.forward(outputs, labels);
+    optimizer.backward_step(&loss.total);
+    StepOutput {
+        total: loss.total.double_value(&[]),
+        quantization: loss.quantization.double_value(&[]),
+        active: loss.active,
+        valid: loss.valid,
+    }
+}
+
+/// Runs `f` on every batch of `items` (evaluation transform, in order, no gradients) and
+/// stacks the results: [N, D] floats on the CPU.
+pub fn eval_pass(
+    items: &Arc<[Item]>,
+    preprocess: &Preprocess,
+    device: Device,
+    config: &TrainConfig,
+    label: &str,
+    f: impl Fn(&Tensor) -> Tensor,
+) -> Result<Tensor, TrainError> {
+    let batches = sequential_batches(items.len(), config.batch.max(64));
+    let progress = progress_bar(batches.len() as u64, label.to_string());
+    let loader = Loader::spawn(Arc::clone(items), batches, preprocess.clone(), Transform::Eval, config.threads, 2)?;
+    let side = i64::from(preprocess.crop);
+    let mut outputs = Vec::new();
+    for batch in loader {
+        let batch = batch?;
+        let n = batch.len() as i64;
+        outputs.push(tch::no_grad(|| {
+            let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
+            f(&xs).to_device(Device::Cpu).to_kind(Kind::Float)
+        }));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(if outputs.is_empty() { Tensor::zeros([0, 0], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&outputs, 0) })
+}
+
+/// The binary codes of network outputs [N, bits] (bit i = output i > 0), code after code as
 /// [`HashCode`] words.
+pub fn codes_of(outputs: &Tensor, bits: u32) -> Result<Vec<u64>, TrainError> {
+    let flat = Vec::<f32>::try_from(outputs.to_kind(Kind::Float).contiguous().view([-1]))?;
+    let mut words = Vec::with_capacity(flat.len() / bits.max(1) as usize * words_for_bits(bits));
+    for row in flat.chunks(bits as usize) {
+        let code = HashCode::from_outputs(row).map_err(|e| TrainError::Config(e.to_string()))?;
+        words.extend_from_slice(code.words());
+    }
+    Ok(words)
+}
+
+/// The codes of `items` through the whole network in evaluation mode.
 pub fn encode(
     net: &HashNet,
     items: &Arc<[Item]>,
     preprocess: &Preprocess,
     device: Device,
-    batch: usize,
-    threads: usize,
+    config: &TrainConfig,
     label: &str,
 ) -> Result<Vec<u64>, TrainError> {
-    let bits = net.config().bits;
-    let batches = sequential_batches(items.len(), batch);
-    let progress = progress_bar(batches.len() as u64, label.to_string());
-    let loader = Loader::spawn(Arc::clone(items), batches, preprocess.clone(), Transform::Eval, threads, 2)?;
-    let side = i64::from(preprocess.crop);
-    let mut words = Vec::with_capacity(items.len() * words_for_bits(bits));
-    for batch in loader {
-        let batch = batch?;
-        let n = batch.len() as i64;
-        let outputs = tch::no_grad(|| {
-            let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
-            net.forward_t(&xs, false).to_device(Device::Cpu).to_kind(Kind::Float).contiguous()
-        });
-        let flat = Vec::<f32>::try_from(outputs.view([-1]))?;
-        for row in flat.chunks(bits as usize) {
-            let code = HashCode::from_outputs(row).map_err(|e| TrainError::Config(e.to_string()))?;
-            words.extend_from_slice(code.words());
-        }
-        progress.inc(1);
-    }
-    progress.finish_and_clear();
-    Ok(words)
+    let outputs = eval_pass(items, preprocess, device, config, label, |xs| net.forward_t(xs, false))?;
+    codes_of(&outputs, net.config().bits)
 }
 
-fn evaluate(
-    config: &TrainConfig,
-    net: &HashNet,
-    val: &Arc<[Item]>,
-    preprocess: &Preprocess,
-    device: Device,
-    epoch: u64,
-) -> Result<Evaluation, TrainError> {
-    let started = Instant::now();
-    let words = encode(net, val, preprocess, device, config.batch.max(64), config.threads, "validation")?;
-    let bits = config.bits;
+/// Validation mAP of the codes `words` of the validation split `val`.
+fn evaluate(bits: u32, words: &[u64], val: &[Item], epoch: u64, started: Instant) -> Result<Evaluation, TrainError> {
     let per_code = words_for_bits(bits);
     // Alternating halves: the split is in the official order, stratified, so both halves hold
     // every class in proportion.
@@ -642,19 +680,17 @@ fn export_model(config: &TrainConfig, data: &Dataset, vs: &nn::VarStore, path: &
     Ok(export_onnx(vs, &config.model_config(), &meta, path)?)
 }
 
-/// Encodes the whole training split (evaluation transform) into `train.hidx`: item `i` of
-/// the split has id `i` and its data set path.
+/// Writes the codes `words` of the whole training split (evaluation transform) into
+/// `train.hidx`: item `i` of the split has id `i` and its data set path.
 fn export_index(
     config: &TrainConfig,
     data: &Dataset,
-    net: &HashNet,
-    preprocess: &Preprocess,
-    device: Device,
+    words: &[u64],
     model_sha256: &str,
     path: &Path,
 ) -> Result<(), TrainError> {
-    let train: Arc<[Item]> = data.split(Split::Train).into();
-    let words = encode(net, &train, preprocess, device, config.batch.max(64), config.threads, "index")?;
+    let train = data.split(Split::Train);
+    let preprocess = config.preprocess();
     let mut extra = serde_json::Map::new();
     extra.insert("split".into(), serde_json::json!(Split::Train));
     extra.insert("preprocess".into(), serde_json::json!(preprocess));

@@ -235,3 +235,40 @@ fn loaded_trunk_computes_what_torchvision_computes() {
     assert!(scale > 0.1, "degenerate reference features (max {scale})");
     assert!(max_diff <= 1e-5 * scale.max(1.0), "max |tch - torch| = {max_diff} (features up to {scale})");
 }
+
+#[test]
+fn a_hashsrv_checkpoint_loads_its_trunk_and_its_hash_layer_only_at_the_same_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("best.safetensors");
+    // A small-stem 64-bit network, as a previous run saves it (VarStore::save).
+    let source_config = HashNetConfig { bits: 64, stem: Stem::Small, input_size: 28 };
+    let source = nn::VarStore::new(Device::Cpu);
+    HashNet::new(&source.root(), &source_config).unwrap();
+    source.save(&checkpoint).unwrap();
+    let saved = snapshot(&source);
+
+    for bits in [64, 16] {
+        let config = HashNetConfig { bits, ..source_config.clone() };
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        HashNet::new(&vs.root(), &config).unwrap();
+        let before = snapshot(&vs);
+        let report = load_pretrained(&mut vs, &config, &checkpoint).unwrap();
+        let same_length = bits == 64;
+        assert_eq!(report.loaded.len(), if same_length { 102 } else { 100 }, "{bits} bits");
+        assert_eq!(
+            report.skipped.iter().any(|(n, why)| n == "hash.weight" && why.contains("code length")),
+            !same_length
+        );
+        for (name, var) in vs.variables() {
+            let expected = if name.starts_with("hash.") && !same_length { &before[&name] } else { &saved[&name] };
+            assert!(var.equal(expected), "{name} at {bits} bits");
+        }
+    }
+
+    // An ImageNet-stem network cannot take the small stem's 3x3 conv1.
+    let config = HashNetConfig { bits: 64, stem: Stem::ImageNet, input_size: 32 };
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    HashNet::new(&vs.root(), &config).unwrap();
+    let err = load_pretrained(&mut vs, &config, &checkpoint).unwrap_err();
+    assert!(matches!(&err, PretrainedError::Shape { name, .. } if name == "conv1.weight"), "{err}");
+}

@@ -20,6 +20,52 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// The server's path (the shared evaluation preprocessing, then ONNX Runtime on the exported
+/// model, as `hashsrv build-index` runs it) gives the codes the trainer indexed with tch. An
+/// output within 1e-4 of zero may fall either side between the two runtimes (they agree to
+/// about 1e-6), so only those bits are allowed to differ.
+fn assert_index_matches_onnx(out: &Path, bits: usize, limit_train: usize, val_fraction: f32) {
+    let index = hashsrv_index::CodeIndex::open(&out.join("train.hidx")).unwrap();
+    assert_eq!(index.bits() as usize, bits);
+    let encoder = hashsrv::encoder::Encoder::open(
+        &out.join("model.onnx"),
+        &hashsrv::encoder::EncoderOptions { device: hashsrv::encoder::Device::Cpu, intra_threads: None },
+    )
+    .unwrap();
+    let options = hashsrv::dataset::OpenOptions {
+        limit_train: Some(limit_train),
+        limit_test: Some(100),
+        val_fraction,
+        ..Default::default()
+    };
+    let dataset = hashsrv::dataset::Dataset::open(
+        hashsrv::dataset::DatasetKind::FashionMnist,
+        Path::new(FASHION_MNIST),
+        &options,
+    )
+    .unwrap();
+    let items = dataset.split(hashsrv::dataset::Split::Train);
+    assert_eq!(items.len(), index.len());
+    let images: Vec<_> = items.iter().map(|item| item.load().unwrap()).collect();
+    let outputs = encoder.outputs(&encoder.preprocess_batch(&images).unwrap(), images.len()).unwrap();
+    let mut compared = 0;
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(index.path(i), item.path);
+        let indexed = hashsrv_index::HashCode::from_words(bits as u32, index.codes().code(i)).unwrap();
+        for (bit, &y) in outputs[i * bits..(i + 1) * bits].iter().enumerate() {
+            if y.abs() > 1e-4 {
+                assert_eq!(indexed.bit(bit as u32), y > 0.0, "item {i} bit {bit}: ONNX output {y}");
+                compared += 1;
+            }
+        }
+    }
+    assert!(
+        compared * 100 > items.len() * bits * 93,
+        "only {compared} of {} bits were clear of zero",
+        items.len() * bits
+    );
+}
+
 #[test]
 fn short_run_writes_its_artefacts_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,43 +142,7 @@ fn short_run_writes_its_artefacts_and_resumes() {
     assert_eq!(index.id(7), 7);
     assert!(index.path(0).contains("train-images"), "{}", index.path(0));
 
-    // The server's path (the shared evaluation preprocessing, then ONNX Runtime on the exported
-    // model, as `hashsrv build-index` runs it) gives the codes the trainer indexed with tch. An
-    // output within 1e-4 of zero may fall either side between the two runtimes (they agree to
-    // about 1e-6), so only those bits are allowed to differ.
-    let encoder = hashsrv::encoder::Encoder::open(
-        &out.join("model.onnx"),
-        &hashsrv::encoder::EncoderOptions { device: hashsrv::encoder::Device::Cpu, intra_threads: None },
-    )
-    .unwrap();
-    let options = hashsrv::dataset::OpenOptions {
-        limit_train: Some(200),
-        limit_test: Some(100),
-        val_fraction: 0.3,
-        ..Default::default()
-    };
-    let dataset = hashsrv::dataset::Dataset::open(
-        hashsrv::dataset::DatasetKind::FashionMnist,
-        Path::new(FASHION_MNIST),
-        &options,
-    )
-    .unwrap();
-    let items = dataset.split(hashsrv::dataset::Split::Train);
-    assert_eq!(items.len(), index.len());
-    let images: Vec<_> = items.iter().map(|item| item.load().unwrap()).collect();
-    let outputs = encoder.outputs(&encoder.preprocess_batch(&images).unwrap(), images.len()).unwrap();
-    let mut compared = 0;
-    for (i, item) in items.iter().enumerate() {
-        assert_eq!(index.path(i), item.path);
-        let indexed = hashsrv_index::HashCode::from_words(16, index.codes().code(i)).unwrap();
-        for (bit, &y) in outputs[i * 16..(i + 1) * 16].iter().enumerate() {
-            if y.abs() > 1e-4 {
-                assert_eq!(indexed.bit(bit as u32), y > 0.0, "item {i} bit {bit}: ONNX output {y}");
-                compared += 1;
-            }
-        }
-    }
-    assert!(compared > 3000, "only {compared} of 3200 bits were clear of zero");
+    assert_index_matches_onnx(&out, 16, 200, 0.3);
 
     // A second epoch from the checkpoint: one more epoch trained, history kept.
     let second = train(&out, &[&common[..], &["--epochs", "2", "--resume"]].concat());
@@ -156,12 +166,15 @@ fn cuda_without_a_gpu_is_a_clear_error() {
     if tch::Cuda::is_available() {
         return; // the request is legitimate on a machine with a GPU
     }
-    let dir = tempfile::tempdir().unwrap();
-    let output = train(dir.path(), &["--device", "cuda:0", "--epochs", "1"]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("cuda:0") && stderr.contains("--device cpu"), "{stderr}");
-    assert!(!dir.path().join("config.json").exists(), "nothing written before the device check");
+    // The seed's `--ngpu 1` means the first GPU too.
+    for request in [["--device", "cuda:0"], ["--ngpu", "1"]] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = train(dir.path(), &[&request[..], &["--epochs", "1"]].concat());
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cuda:0") && stderr.contains("--device cpu"), "{request:?}: {stderr}");
+        assert!(!dir.path().join("config.json").exists(), "nothing written before the device check");
+    }
 }
 
 #[test]
@@ -176,4 +189,58 @@ fn seed_flag_names_are_accepted() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("between 8 and 1024 bits, got 7"), "{stderr}");
+}
+
+fn weights(path: &Path) -> std::collections::HashMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path).unwrap().into_iter().collect()
+}
+
+#[test]
+fn frozen_trunk_trains_only_the_hash_layer_from_a_previous_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let common =
+        ["--limit-train", "300", "--input-size", "32", "--stem", "imagenet", "--threads", "1", "--val-fraction", "0.3"];
+    let source = dir.path().join("source");
+    let run = train(&source, &[&common[..], &["--bits", "32", "--epochs", "1"]].concat());
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let checkpoint = source.join("checkpoints/best.safetensors");
+    let source_weights = weights(&checkpoint);
+
+    // Without a trunk to freeze, the request is refused before any work.
+    let refused = train(&dir.path().join("refused"), &[&common[..], &["--freeze-trunk"]].concat());
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--freeze-trunk needs --pretrained"), "{stderr}");
+
+    for bits in ["32", "16"] {
+        let out = dir.path().join(format!("frozen{bits}"));
+        let extra = ["--bits", bits, "--epochs", "3", "--lr", "0.01", "--freeze-trunk", "--pretrained"];
+        let run = train(&out, &[&common[..], &extra, &[checkpoint.to_str().unwrap()]].concat());
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{stderr}");
+        assert!(stderr.contains("training only the hash layer"), "{stderr}");
+
+        let config = json(&out.join("config.json"));
+        assert_eq!(config["freeze_trunk"], true);
+        let metrics = json(&out.join("metrics.json"));
+        assert_eq!(metrics["epochs"].as_array().unwrap().len(), 3, "{stderr}");
+        assert_eq!(metrics["evaluations"].as_array().unwrap().len(), 3);
+        assert!(metrics["best"][1].as_f64().is_some_and(|map| map > 0.0 && map <= 1.0), "{metrics}");
+
+        // The trunk (weights and batch-norm statistics) is the source's, bit for bit; the hash
+        // layer has this run's length and was trained (at 32 bits it started from the source's).
+        let trained = weights(&out.join("checkpoints/best.safetensors"));
+        assert_eq!(trained.len(), source_weights.len());
+        for (name, tensor) in &trained {
+            if name.starts_with("hash.") {
+                assert_eq!(tensor.size()[0], bits.parse::<i64>().unwrap(), "{name}");
+                if bits == "32" {
+                    assert!(!tensor.equal(&source_weights[name]), "{name} was not trained");
+                }
+            } else {
+                assert!(tensor.equal(&source_weights[name]), "{name} changed in frozen-trunk mode");
+            }
+        }
+        assert_index_matches_onnx(&out, bits.parse().unwrap(), 300, 0.3);
+    }
 }
