@@ -35,7 +35,11 @@ if [ "$retrain" = 1 ] || [ ! -f "$run/model.onnx" ] || [ ! -f "$run/train.hidx" 
   mv "$run.partial" "$run"
 fi
 
-"$bin/hashsrv" evaluate --dataset fashion-mnist --data "$data" --model "$run/model.onnx" \
-  --index "$run/train.hidx" --out "$run/report"
+if [ ! -f "$run/report/metrics.json" ]; then
+  "$bin/hashsrv" evaluate --dataset fashion-mnist --data "$data" --model "$run/model.onnx" \
+    --index "$run/train.hidx" --out "$run/report"
+else
+  echo "[demo] reusing $run (evaluation in $run/report/metrics.json; --retrain to redo)"
+fi
 echo "[demo] serving http://$addr/ (Ctrl-C to stop)"
 exec "$bin/hashsrv" serve --model "$run/model.onnx" --index "$run/train.hidx" --dataset fashion-mnist --data "$data" --addr "$addr"
