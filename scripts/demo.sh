@@ -27,8 +27,8 @@ data=/usr/share/datasets/fashion-mnist
 
 if [ "$retrain" = 1 ] || [ ! -f "$run/model.onnx" ] || [ ! -f "$run/train.hidx" ]; then
   rm -rf "$run.partial"
-  # The fastest recipe measured on 2 CPU cores (32 px, ImageNet stem: about 60 images/s, about
-  # 15 minutes an epoch). Issue 7 tracks a recipe that reaches the target mAP in about 10 minutes.
+  # The cheapest ResNet-18 input (32 px, ImageNet stem: 70-80 images per CPU-second). Issue 7
+  # tracks a recipe that reaches the target mAP in about 10 minutes; this one does not yet.
   "$bin/hashsrv" train --dataset fashion-mnist --data "$data" --bits "$bits" --input-size 32 --stem imagenet \
     --epochs "$epochs" --out "$run.partial"
   rm -rf "$run"
