@@ -3,13 +3,15 @@
 //! `hashsrv evaluate` on test images; then `hashsrv serve` on a real port and one multipart
 //! search with a PNG made from the data set.
 
-use std::io::{BufRead, BufReader, Cursor};
+mod server_support;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use hashsrv::dataset::{Dataset, DatasetKind, OpenOptions, Split};
 use hashsrv_index::CodeIndex;
 use hashsrv_index::code::HashCode;
+use server_support::{encode, serving_url};
 
 const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 const BITS: u32 = 16;
@@ -38,12 +40,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn png_of(image: &image::DynamicImage) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    image.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
-    bytes
 }
 
 #[test]
@@ -111,19 +107,9 @@ fn train_export_index_evaluate_and_search_over_http() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let stderr = child.stderr.take().unwrap();
     let _server = Server(child);
-    let mut log = String::new();
-    let url = loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            panic!("the server exited before listening:\n{log}");
-        }
-        log.push_str(&line);
-        if let Some(at) = line.find("serving on http://") {
-            break line[at + "serving on ".len()..].trim().to_string();
-        }
-    };
+    let (url, _log, _rest) = serving_url(stderr);
 
     let data = Dataset::open(
         DatasetKind::FashionMnist,
@@ -136,7 +122,7 @@ fn train_export_index_evaluate_and_search_over_http() {
     let item = data.find(Split::Train, &item_path).expect("the index's items come from the training split");
     let form = reqwest::blocking::multipart::Form::new().part(
         "image",
-        reqwest::blocking::multipart::Part::bytes(png_of(&item.load().unwrap()))
+        reqwest::blocking::multipart::Part::bytes(encode(&item.load().unwrap(), image::ImageFormat::Png))
             .file_name("query.png")
             .mime_str("image/png")
             .unwrap(),

@@ -3,7 +3,6 @@
 
 mod server_support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use server_support::*;
@@ -48,18 +47,7 @@ fn sigterm_stops_the_server_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let url = loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            panic!("the server exited before listening:\n{log}");
-        }
-        log.push_str(&line);
-        if let Some(at) = line.find("serving on http://") {
-            break line[at + "serving on ".len()..].trim().to_string();
-        }
-    };
+    let (url, log, mut stderr) = serving_url(child.stderr.take().unwrap());
     let health: serde_json::Value = reqwest::blocking::get(format!("{url}/health")).unwrap().json().unwrap();
     assert_eq!(health["index"]["items"], 15);
     let response = reqwest::blocking::Client::new()

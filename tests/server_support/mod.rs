@@ -2,8 +2,9 @@
 //! with it, server states, real image files and multipart bodies.
 #![allow(dead_code)]
 
-use std::io::Cursor;
+use std::io::{BufRead, BufReader, Cursor};
 use std::path::{Path, PathBuf};
+use std::process::ChildStderr;
 use std::sync::Arc;
 
 use hashsrv::dataset::{Dataset, DatasetKind, OpenOptions, Split};
@@ -122,4 +123,22 @@ pub fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
 
 pub fn multipart_type() -> String {
     format!("multipart/form-data; boundary={BOUNDARY}")
+}
+
+/// Reads the log of a `hashsrv serve` process (its stderr, piped, with `RUST_LOG=info`) until it
+/// says where it serves. Returns that URL, the log read so far, and the rest of the stream.
+pub fn serving_url(stderr: ChildStderr) -> (String, String, BufReader<ChildStderr>) {
+    let mut stderr = BufReader::new(stderr);
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("the server exited before listening:\n{log}");
+        }
+        log.push_str(&line);
+        if let Some(at) = line.find("serving on http://") {
+            let url = line[at + "serving on ".len()..].trim().to_string();
+            return (url, log, stderr);
+        }
+    }
 }
