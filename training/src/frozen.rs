@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::loss::TripletLoss;
 use crate::model::HashNet;
 use crate::sampler::PkSampler;
-use crate::train::{EpochMetrics, TrainConfig, TrainError, codes_of, eval_pass, hash_step};
+use crate::train::{EpochMetrics, EpochTally, TrainConfig, TrainError, codes_of, eval_pass, hash_step};
 
 /// The cached trunk features of the training split and where Fit and Val sit in it.
 #[derive(Debug)]
@@ -89,13 +89,11 @@ impl FrozenTrunk {
         sampler: &PkSampler,
         epoch: u64,
     ) -> Result<EpochMetrics, TrainError> {
-        let started = Instant::now();
-        let fit_features = self.train.index_select(0, &self.fit);
-        let (mut loss_sum, mut active_sum, mut quant_sum, mut images, mut steps) = (0.0, 0.0, 0.0, 0usize, 0usize);
         let batches = sampler.epoch(epoch);
-        let steps_per_epoch = batches.len();
+        let mut tally = EpochTally::start(config, epoch, batches.len());
+        let fit_features = self.train.index_select(0, &self.fit);
         for batch in batches {
-            optimizer.set_lr(config.lr_at(epoch, steps, steps_per_epoch));
+            optimizer.set_lr(tally.lr());
             let index: Vec<i64> = batch.iter().map(|&i| i as i64).collect();
             let index = Tensor::from_slice(&index).to_device(fit_features.device());
             let step = hash_step(
@@ -105,27 +103,9 @@ impl FrozenTrunk {
                 &fit_features.index_select(0, &index),
                 &self.fit_labels.index_select(0, &index),
             );
-            if !step.total.is_finite() {
-                return Err(TrainError::Diverged(step.total, epoch + 1));
-            }
-            loss_sum += step.total;
-            active_sum += step.active as f64 / step.valid.max(1) as f64;
-            quant_sum += step.quantization;
-            images += batch.len();
-            steps += 1;
+            tally.record(step, batch.len())?;
         }
-        let seconds = started.elapsed().as_secs_f64();
-        let steps_f = steps.max(1) as f64;
-        Ok(EpochMetrics {
-            epoch: epoch + 1,
-            lr: config.lr_at(epoch, 0, steps_per_epoch),
-            loss: loss_sum / steps_f,
-            active_fraction: active_sum / steps_f,
-            quantization: quant_sum / steps_f,
-            images,
-            seconds,
-            images_per_second: images as f64 / seconds.max(1e-9),
-        })
+        Ok(tally.finish())
     }
 
     /// The codes of the validation split, in its order.

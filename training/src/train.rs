@@ -464,41 +464,93 @@ fn train_epoch(
         config.prefetch,
     )?;
     let side = i64::from(preprocess.crop);
-    let started = Instant::now();
-    let (mut loss_sum, mut active_sum, mut quant_sum, mut images, mut steps) = (0.0, 0.0, 0.0, 0usize, 0usize);
+    let mut tally = EpochTally::start(config, epoch, steps_per_epoch);
     for batch in loader {
         let batch = batch?;
-        optimizer.set_lr(config.lr_at(epoch, steps, steps_per_epoch));
+        optimizer.set_lr(tally.lr());
         let n = batch.len() as i64;
         let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
         let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
         let labels = Tensor::from_slice(&labels).to_device(device);
-        let step = train_step(net, optimizer, loss_fn, &xs, &labels);
-        if !step.total.is_finite() {
-            return Err(TrainError::Diverged(step.total, epoch + 1));
-        }
-        loss_sum += step.total;
-        active_sum += step.active as f64 / step.valid.max(1) as f64;
-        quant_sum += step.quantization;
-        images += batch.len();
-        steps += 1;
-        let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        progress.set_message(format!("loss {:.3} | {rate:.0} img/s", loss_sum / steps as f64));
+        tally.record(train_step(net, optimizer, loss_fn, &xs, &labels), batch.len())?;
+        progress.set_message(format!("loss {:.3} | {:.0} img/s", tally.mean_loss(), tally.images_per_second()));
         progress.inc(1);
     }
     progress.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    let steps_f = steps.max(1) as f64;
-    Ok(EpochMetrics {
-        epoch: epoch + 1,
-        lr: config.lr_at(epoch, 0, steps_per_epoch),
-        loss: loss_sum / steps_f,
-        active_fraction: active_sum / steps_f,
-        quantization: quant_sum / steps_f,
-        images,
-        seconds,
-        images_per_second: images as f64 / seconds.max(1e-9),
-    })
+    Ok(tally.finish())
+}
+
+/// The running totals of one epoch: the learning rate of each step, the loss sums, and a
+/// refusal of a diverged loss; ends as the epoch's [`EpochMetrics`]. Full and frozen-trunk
+/// training both count their epochs with it.
+pub(crate) struct EpochTally<'a> {
+    config: &'a TrainConfig,
+    epoch: u64,
+    steps_per_epoch: usize,
+    started: Instant,
+    loss_sum: f64,
+    active_sum: f64,
+    quantization_sum: f64,
+    images: usize,
+    steps: usize,
+}
+
+impl<'a> EpochTally<'a> {
+    /// Starts the clock of 0-based `epoch`, which has `steps_per_epoch` batches.
+    pub(crate) fn start(config: &'a TrainConfig, epoch: u64, steps_per_epoch: usize) -> Self {
+        EpochTally {
+            config,
+            epoch,
+            steps_per_epoch,
+            started: Instant::now(),
+            loss_sum: 0.0,
+            active_sum: 0.0,
+            quantization_sum: 0.0,
+            images: 0,
+            steps: 0,
+        }
+    }
+
+    /// The learning rate of the next step.
+    pub(crate) fn lr(&self) -> f64 {
+        self.config.lr_at(self.epoch, self.steps, self.steps_per_epoch)
+    }
+
+    /// Adds one step over `images` images; a loss that is no longer finite ends the run.
+    pub(crate) fn record(&mut self, step: StepOutput, images: usize) -> Result<(), TrainError> {
+        if !step.total.is_finite() {
+            return Err(TrainError::Diverged(step.total, self.epoch + 1));
+        }
+        self.loss_sum += step.total;
+        self.active_sum += step.active as f64 / step.valid.max(1) as f64;
+        self.quantization_sum += step.quantization;
+        self.images += images;
+        self.steps += 1;
+        Ok(())
+    }
+
+    pub(crate) fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.steps.max(1) as f64
+    }
+
+    pub(crate) fn images_per_second(&self) -> f64 {
+        self.images as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    pub(crate) fn finish(self) -> EpochMetrics {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let steps = self.steps.max(1) as f64;
+        EpochMetrics {
+            epoch: self.epoch + 1,
+            lr: self.config.lr_at(self.epoch, 0, self.steps_per_epoch),
+            loss: self.loss_sum / steps,
+            active_fraction: self.active_sum / steps,
+            quantization: self.quantization_sum / steps,
+            images: self.images,
+            seconds,
+            images_per_second: self.images as f64 / seconds.max(1e-9),
+        }
+    }
 }
 
 /// What one optimisation step reports.
