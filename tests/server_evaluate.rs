@@ -6,7 +6,6 @@
 
 mod server_support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,37 +14,8 @@ use hashsrv::dataset::{Dataset, DatasetKind, OpenOptions, Split};
 use hashsrv::index::metrics::{self, EvalConfig, TieMode};
 use hashsrv::index::{CodeIndex, CodeMatrix};
 use hashsrv::server::routes::EvaluationStarted;
-use hashsrv::server::{AppState, serve};
 use serde_json::{Value, json};
 use server_support::*;
-use tokio::sync::oneshot;
-
-struct Running {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-async fn start(state: Arc<AppState>) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    Running { addr, stop, done }
-}
-
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.done.await.unwrap().unwrap();
-    }
-}
 
 async fn json_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();

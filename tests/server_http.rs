@@ -6,45 +6,14 @@
 
 mod server_support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hashsrv::server::routes::SearchResponse;
-use hashsrv::server::{AppState, serve};
 use image::ImageFormat;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 use server_support::*;
-use tokio::sync::oneshot;
-
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-    state: Arc<AppState>,
-}
-
-async fn start(state: Arc<AppState>) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(serve(listener, Arc::clone(&state), async {
-        let _ = stopped.await;
-    }));
-    Running { addr, stop: Some(stop), done, state }
-}
-
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.done.await.unwrap().unwrap();
-    }
-}
 
 fn image_form(bytes: Vec<u8>, file: &str, mime: &str) -> Form {
     Form::new().part("image", Part::bytes(bytes).file_name(file.to_string()).mime_str(mime).unwrap())

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hashsrv::server::routes::SearchResponse;
-use hashsrv::server::serve;
 use serde_json::{Value, json};
 use server_support::*;
 
@@ -28,12 +27,8 @@ fn chromium() -> &'static str {
 async fn chromium_renders_the_result_grid() {
     let dir = tempfile::tempdir().unwrap();
     let state = state(dir.path(), |_| {});
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Arc::clone(&state), async {
-        let _ = stopped.await;
-    }));
+    let server = start(Arc::clone(&state)).await;
+    let addr = server.addr;
 
     let id = state.current().index.id(2);
     let url = format!("http://{addr}/?query=/images/{id}");
@@ -90,8 +85,7 @@ async fn chromium_renders_the_result_grid() {
     assert!(metrics.contains("hashsrv_requests_total{route=\"/search\",status=\"200\"} 1\n"), "{metrics}");
     assert!(metrics.contains("hashsrv_requests_total{route=\"/page.js\",status=\"200\"}"), "{metrics}");
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server.stop()).await.unwrap();
 }
 
 /// A chromedriver process on a free loopback port, killed on drop.
@@ -203,12 +197,8 @@ const READ_GRID: &str = r#"return [...document.querySelectorAll("figure.hit")].m
 async fn chromium_uploads_a_chosen_file_and_shows_the_returned_thumbnails() {
     let dir = tempfile::tempdir().unwrap();
     let state = state(dir.path(), |_| {});
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Arc::clone(&state), async {
-        let _ = stopped.await;
-    }));
+    let server = start(Arc::clone(&state)).await;
+    let addr = server.addr;
 
     // What the server answers for the file, asked directly.
     let file = folder_root().join("cherries/cherries_2.jpg");
@@ -258,20 +248,15 @@ async fn chromium_uploads_a_chosen_file_and_shows_the_returned_thumbnails() {
 
     session.close().await;
     drop(driver);
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server.stop()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_runs_an_evaluation_from_the_page_and_shows_its_table_and_plots() {
     let dir = tempfile::tempdir().unwrap();
     let state = state(dir.path(), |_| {});
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Arc::clone(&state), async {
-        let _ = stopped.await;
-    }));
+    let server = start(Arc::clone(&state)).await;
+    let addr = server.addr;
 
     let driver = tokio::task::spawn_blocking(Driver::start).await.unwrap();
     let profile = tempfile::tempdir().unwrap();
@@ -314,6 +299,5 @@ async fn chromium_runs_an_evaluation_from_the_page_and_shows_its_table_and_plots
 
     session.close().await;
     drop(driver);
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server.stop()).await.unwrap();
 }

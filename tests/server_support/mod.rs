@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Cursor};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ChildStderr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use hashsrv::dataset::{Dataset, DatasetKind, OpenOptions, Split};
 use hashsrv::encoder::{Encoder, EncoderOptions};
 use hashsrv::index::{IndexMetadata, IndexWriter};
-use hashsrv::server::{AppState, ServerConfig};
+use hashsrv::server::{AppState, ServerConfig, serve};
 use image::{DynamicImage, ImageFormat, RgbImage};
 
 pub fn fixture(path: &str) -> PathBuf {
@@ -140,5 +141,35 @@ pub fn serving_url(stderr: ChildStderr) -> (String, String, BufReader<ChildStder
             let url = line[at + "serving on ".len()..].trim().to_string();
             return (url, log, stderr);
         }
+    }
+}
+
+/// A server of `state` on a real loopback port, running in the test's runtime until `stop`.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub async fn start(state: Arc<AppState>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(serve(listener, Arc::clone(&state), async {
+        let _ = stopped.await;
+    }));
+    Running { addr, state, stop, done }
+}
+
+impl Running {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Asks the server to shut down and waits until it has drained.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.done.await.unwrap().unwrap();
     }
 }
