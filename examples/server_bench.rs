@@ -5,7 +5,7 @@
 //!    throughput of the same model at batch 1, 8 and 32.
 //!
 //! ```text
-//! cargo run --release -p hashsrv --example server_bench -- MODEL.onnx FASHION_MNIST_DIR [ITEMS] [REQUESTS]
+//! cargo run --release -p hashsrv --example server_bench -- MODEL.onnx FASHION_MNIST_DIR [ITEMS] [REQUESTS] [MAX_WAIT_MS]
 //! ```
 //! The index is built here from the first ITEMS (default 1000) Fashion-MNIST training images.
 
@@ -83,11 +83,13 @@ async fn throughput(url: &str, body: &[u8], total: usize, concurrency: usize) ->
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let model =
-        PathBuf::from(args.first().context("usage: server_bench MODEL.onnx FASHION_MNIST_DIR [ITEMS] [REQUESTS]")?);
+    let model = PathBuf::from(
+        args.first().context("usage: server_bench MODEL.onnx FASHION_MNIST_DIR [ITEMS] [REQUESTS] [MAX_WAIT_MS]")?,
+    );
     let data = PathBuf::from(args.get(1).context("the Fashion-MNIST folder is the second argument")?);
     let items: usize = args.get(2).map_or(Ok(1000), |s| s.parse())?;
     let requests: usize = args.get(3).map_or(Ok(160), |s| s.parse())?;
+    let max_wait_ms: u64 = args.get(4).map_or(Ok(2), |s| s.parse())?;
     let options = EncoderOptions { device: Device::Cpu, intra_threads: None };
     let encoder = Encoder::open(&model, &options)?;
     let bits = encoder.bits();
@@ -127,7 +129,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut config = ServerConfig::new(model.clone(), index_path.clone());
     config.encoder = options.clone();
-    config.batch = BatchConfig { max_batch: 32, max_wait: Duration::from_millis(2), queue: 256 };
+    config.batch = BatchConfig { max_batch: 32, max_wait: Duration::from_millis(max_wait_ms), queue: 256 };
 
     // 1. One request end to end against its parts, alternating so both see the same load.
     let (url, stop) = runtime.block_on(start(config.clone()))?;
@@ -190,7 +192,7 @@ fn main() -> anyhow::Result<()> {
         best_raw = best_raw.max(rate);
         println!("| {batch} | {rate:.0} |");
     }
-    println!("\n| concurrency | batching on (max 32, 2 ms) req/s | batching off req/s |\n|---:|---:|---:|");
+    println!("\n| concurrency | batching on (max 32, {max_wait_ms} ms) req/s | batching off req/s |\n|---:|---:|---:|");
     for concurrency in [1usize, 8, 32] {
         let mut rates = Vec::new();
         for max_batch in [32usize, 1] {

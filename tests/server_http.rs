@@ -132,6 +132,28 @@ async fn concurrent_requests_are_batched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_does_not_wait_for_company() {
+    let dir = tempfile::tempdir().unwrap();
+    // A wait far longer than a run: a request that spent it would show it in its queue time.
+    let server = start(state(dir.path(), |c| c.batch.max_wait = Duration::from_secs(5))).await;
+    let client = reqwest::Client::new();
+    for seed in 0..3 {
+        let answer: SearchResponse = client
+            .post(server.url("/search"))
+            .body(encode(&picture(32, 32, seed), ImageFormat::Png))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer.batch_images, 1);
+        assert!(answer.timings_ms.queue < 1000.0, "queued {} ms with nobody else coming", answer.timings_ms.queue);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_sheds_load_with_503_and_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     // One waiting request at most, and each batch waits long for company: the queue fills.
@@ -169,19 +191,50 @@ async fn a_full_queue_sheds_load_with_503_and_retry_after() {
     server.stop().await;
 }
 
+/// A client that sends a POST's headers and the first `first` bytes of its body, then waits for
+/// `resume` before sending the rest: a slow upload on a real socket.
+async fn slow_post(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    body: Vec<u8>,
+    first: usize,
+    resume: tokio::sync::oneshot::Receiver<()>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..first]).await.unwrap();
+    stream.flush().await.unwrap();
+    let _ = resume.await;
+    // The server may have answered (and closed) already: the rest is then refused, which is fine.
+    let _ = stream.write_all(&body[first..]).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_request_times_out_with_the_error_shape() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(state(dir.path(), |c| {
-        c.batch.max_wait = Duration::from_secs(5);
-        c.batch.max_batch = 64;
-        c.request_timeout = Duration::from_millis(200);
-    }))
-    .await;
-    let client = reqwest::Client::new();
+    let server = start(state(dir.path(), |c| c.request_timeout = Duration::from_millis(200))).await;
     let png = encode(&picture(32, 32, 1), ImageFormat::Png);
-    let response = client.post(server.url("/search")).body(png).send().await.unwrap();
-    assert_eq!(error_of(response).await, (503, "timeout".to_string()));
+    // Half the upload, then nothing until long after the limit.
+    let (resume, wait) = tokio::sync::oneshot::channel();
+    let upload = tokio::spawn(slow_post(server.addr, "/search", png.clone(), png.len() / 2, wait));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = resume.send(());
+    let (status, body) = upload.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let json: Value = serde_json::from_str(&body).expect("error bodies are JSON");
+    assert_eq!(json["error"], "timeout", "{json}");
+    let client = reqwest::Client::new();
     let health = client.get(server.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     server.stop().await;
@@ -230,26 +283,21 @@ async fn reload_swaps_the_index_and_keeps_the_old_one_on_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_requests_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(state(dir.path(), |c| {
-        c.batch.max_wait = Duration::from_millis(800);
-        c.batch.max_batch = 64;
-    }))
-    .await;
-    let client = reqwest::Client::new();
-    let url = server.url("/search");
+    let server = start(state(dir.path(), |_| {})).await;
     let png = encode(&picture(32, 32, 5), ImageFormat::Png);
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        async move { client.post(url).body(png).send().await.unwrap().status().as_u16() }
-    });
-    // Wait until the request is queued in the batcher (it then waits there for company).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.state.metrics.stage("decode").unwrap().count() == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // A request in the middle of its upload when the shutdown starts.
+    let (resume, wait) = tokio::sync::oneshot::channel();
+    let in_flight = tokio::spawn(slow_post(server.addr, "/search", png.clone(), png.len() / 2, wait));
+    // Time for the server to accept the connection and start reading the body.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let addr = server.addr;
-    server.stop().await;
-    assert_eq!(in_flight.await.unwrap(), 200, "the request in flight was answered");
+    let stopping = tokio::spawn(server.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!stopping.is_finished(), "shutdown did not wait for the request in flight");
+    let _ = resume.send(());
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the request in flight was answered: {body}");
+    stopping.await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no new connections after shutdown");
 }
 

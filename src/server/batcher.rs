@@ -1,10 +1,13 @@
 //! Dynamic micro-batching: requests queue their preprocessed tensors; one task collects those
 //! that arrive within `max_wait` of the first (up to `max_batch` images) and runs them as one
-//! ONNX Runtime batch, like Triton's dynamic batcher. The queue is bounded: at most `queue`
+//! ONNX Runtime batch, like Triton's dynamic batcher. The wait is only spent when another
+//! request is still decoding its upload ([`Batcher::arriving`]): a lone request runs at once, so
+//! batching costs no latency on an idle server. The queue is bounded: at most `queue`
 //! requests may be admitted and not yet answered (waiting, collected or running); past that a
 //! request is refused at once ([`SubmitError::Full`], a 503) instead of waiting without limit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -81,6 +84,17 @@ pub struct Batcher {
     places: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     config: BatchConfig,
+    arriving: Arc<AtomicUsize>,
+}
+
+/// A request decoding its images, soon to be submitted; counted until dropped.
+#[derive(Debug)]
+pub struct Arriving(Arc<AtomicUsize>);
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -94,8 +108,17 @@ impl Batcher {
     pub fn start(config: BatchConfig, metrics: Arc<Metrics>) -> Batcher {
         let config = BatchConfig { max_batch: config.max_batch.max(1), queue: config.queue.max(1), ..config };
         let (tx, rx) = mpsc::channel(config.queue);
-        tokio::spawn(run(rx, config, Arc::clone(&metrics)));
-        Batcher { tx, places: Arc::new(Semaphore::new(config.queue)), metrics, config }
+        let arriving = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(rx, config, Arc::clone(&metrics), Arc::clone(&arriving)));
+        Batcher { tx, places: Arc::new(Semaphore::new(config.queue)), metrics, config, arriving }
+    }
+
+    /// Announces a request that will submit images once decoded; [`Batcher::encode`] takes it
+    /// back once they are queued (dropping it withdraws a failed request). Batches wait for
+    /// company only while one is announced.
+    pub fn arriving(&self) -> Arriving {
+        self.arriving.fetch_add(1, Ordering::SeqCst);
+        Arriving(Arc::clone(&self.arriving))
     }
 
     pub fn config(&self) -> BatchConfig {
@@ -104,7 +127,13 @@ impl Batcher {
 
     /// Queues `images` preprocessed images (`tensor` is `[images,3,S,S]` for `encoder`) and
     /// waits for their codes. Jobs of different encoders (after a reload) never share a run.
-    pub async fn encode(&self, encoder: Arc<Encoder>, tensor: Vec<f32>, images: usize) -> Result<Encoded, SubmitError> {
+    pub async fn encode(
+        &self,
+        encoder: Arc<Encoder>,
+        tensor: Vec<f32>,
+        images: usize,
+        arriving: Arriving,
+    ) -> Result<Encoded, SubmitError> {
         let Ok(permit) = Arc::clone(&self.places).try_acquire_owned() else {
             self.metrics.record_shed();
             return Err(SubmitError::Full(self.config.queue));
@@ -117,11 +146,13 @@ impl Batcher {
         if self.tx.try_send(job).is_err() {
             return Err(SubmitError::Closed);
         }
+        // Queued: the batcher now sees the job itself, so it stops counting it as on its way.
+        drop(arriving);
         answer.await.unwrap_or_else(|_| Err(SubmitError::Inference("the inference task stopped".into())))
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: Arc<Metrics>) {
+async fn run(mut rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: Arc<Metrics>, arriving: Arc<AtomicUsize>) {
     // A job that could not join the previous batch (another encoder, or too many images) starts the next.
     let mut carried: Option<Job> = None;
     loop {
@@ -139,6 +170,8 @@ async fn run(mut rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: Arc<Metr
             let job = match rx.try_recv() {
                 Ok(job) => job,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                // Nobody is on the way: waiting would only add latency.
+                Err(mpsc::error::TryRecvError::Empty) if arriving.load(Ordering::SeqCst) == 0 => break,
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(job)) => job,
                     Ok(None) | Err(_) => break,

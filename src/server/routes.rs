@@ -320,6 +320,7 @@ async fn search(State(state): Shared, request: Request) -> Result<Json<SearchRes
             let encoder = Arc::clone(&loaded.encoder);
             let limits = state.config.decode_limits;
             let numbered = uploads.len() > 1;
+            let arriving = state.batcher.arriving();
             let (tensor, n, decode, preprocess) = tokio::task::spawn_blocking(move || {
                 let t0 = Instant::now();
                 let mut images = Vec::with_capacity(uploads.len());
@@ -336,7 +337,7 @@ async fn search(State(state): Shared, request: Request) -> Result<Json<SearchRes
             .map_err(|e| ApiError::internal(format!("decoding stopped: {e}")))??;
             state.metrics.record_stage("decode", decode);
             state.metrics.record_stage("preprocess", preprocess);
-            let encoded = state.batcher.encode(Arc::clone(&loaded.encoder), tensor, n).await?;
+            let encoded = state.batcher.encode(Arc::clone(&loaded.encoder), tensor, n, arriving).await?;
             state.metrics.record_stage("queue", encoded.queue);
             state.metrics.record_stage("inference", encoded.inference);
             timings.decode = ms(decode);
