@@ -53,7 +53,12 @@ impl Bench {
         let side = i64::from(input_size);
         let xs = Tensor::randn([P * K, 3, side, side], (Kind::Float, Device::Cpu));
         let labels = Tensor::arange(P, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(K, 0, None);
-        let loss = TripletLoss { strategy: Strategy::BatchAll, margin: default_margin(BITS), quantization: 0.0 };
+        let loss = TripletLoss {
+            strategy: Strategy::BatchAll,
+            margin: default_margin(BITS),
+            quantization: 0.0,
+            centres: None,
+        };
         Ok(Self { _vs: vs, net, optimizer, loss, xs, labels })
     }
 

@@ -15,10 +15,18 @@
 //!
 //! The quantization regulariser `lambda * mean((|F| - 1)^2)` pulls the outputs towards ±1 so
 //! that taking signs loses little.
+//!
+//! The optional hash-centre term (Yuan et al., "Central Similarity Quantization", CVPR 2020)
+//! gives every class a fixed ±1 target code, far from the others ([`HashCentres`]), and adds
+//! `weight * mean over the batch of sum over bits of BCE((F+1)/2, (c+1)/2)`. Triplets only order
+//! items relative to one another; the centres give the classes a global layout, so a short run
+//! already puts a whole class at a small Hamming distance from its centre, which is what mAP
+//! over the whole database rewards.
 
 use std::fmt;
 use std::str::FromStr;
 
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -51,12 +59,59 @@ impl FromStr for Strategy {
 }
 
 /// The loss configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug)]
 pub struct TripletLoss {
     pub strategy: Strategy,
     pub margin: f64,
     /// Weight of the quantization regulariser; 0 disables it.
     pub quantization: f64,
+    /// The hash-centre term and its weight; `None` trains on triplets alone (the seed's loss).
+    pub centres: Option<(HashCentres, f64)>,
+}
+
+/// One fixed ±1 target code per class.
+///
+/// When the classes fit, the centres are rows of the Sylvester Hadamard matrix `H` of size
+/// `bits` and then of `-H` (`bits` a power of two, at most `2 x bits` classes): any two are
+/// `bits / 2` or `bits` apart in Hamming distance, the farthest a set of that size can be from
+/// each other on average. Otherwise (e.g. 200 classes at 16 bits) each bit of each centre is a
+/// seeded fair coin, as CSQ does.
+#[derive(Debug)]
+pub struct HashCentres {
+    /// [classes, bits], ±1 floats.
+    codes: Tensor,
+}
+
+impl HashCentres {
+    pub fn new(classes: usize, bits: u32, seed: u64) -> HashCentres {
+        let n = bits as usize;
+        let rows: Vec<Vec<f32>> = if n.is_power_of_two() && classes <= 2 * n {
+            // Sylvester: H[i][j] = (-1)^popcount(i & j).
+            let h = |i: usize, j: usize| if (i & j).count_ones().is_multiple_of(2) { 1.0 } else { -1.0 };
+            (0..classes).map(|c| (0..n).map(|j| if c < n { h(c, j) } else { -h(c - n, j) }).collect()).collect()
+        } else {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            (0..classes).map(|_| (0..n).map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 }).collect()).collect()
+        };
+        let flat: Vec<f32> = rows.concat();
+        HashCentres { codes: Tensor::from_slice(&flat).view([classes as i64, n as i64]) }
+    }
+
+    /// The centres as ±1 floats, [classes, bits].
+    pub fn codes(&self) -> &Tensor {
+        &self.codes
+    }
+
+    /// `mean over the batch of sum over bits of BCE((F+1)/2, (c_label+1)/2)` for relaxed codes
+    /// `features` [B,bits] in (-1,1) and `labels` [B] (int64).
+    pub fn loss(&self, features: &Tensor, labels: &Tensor) -> Tensor {
+        let targets = (self.codes.to_device(features.device()).index_select(0, labels) + 1.0) / 2.0;
+        // Clamped so that saturated outputs give a large, finite loss rather than log(0).
+        let p = ((features + 1.0) / 2.0).clamp(1e-6, 1.0 - 1e-6);
+        let (not_p, not_targets): (Tensor, Tensor) = (1.0 - &p, 1.0 - &targets);
+        let bce: Tensor = -(&targets * p.log() + not_targets * not_p.log());
+        bce.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float).mean(Kind::Float)
+    }
 }
 
 /// The loss of one batch: the tensor to back-propagate and what to report.
@@ -68,6 +123,8 @@ pub struct LossOutput {
     pub triplet: Tensor,
     /// The unweighted regulariser `mean((|F| - 1)^2)` (scalar, always computed for reporting).
     pub quantization: Tensor,
+    /// The unweighted hash-centre term (scalar; zero without centres).
+    pub centre: Tensor,
     /// Triplets (batch-all) or anchors (batch-hard) with a positive loss.
     pub active: i64,
     /// Valid triplets (batch-all) or anchors with a positive and a negative (batch-hard).
@@ -109,12 +166,14 @@ impl TripletLoss {
             Strategy::BatchHard => self.batch_hard(&distances, &positive, &negative),
         };
         let quantization = (features.abs() - 1.0).square().mean(Kind::Float);
-        let total = if self.quantization > 0.0 {
-            &triplet + &quantization * self.quantization
-        } else {
-            triplet.shallow_clone()
+        let centre = match &self.centres {
+            Some((centres, _)) => centres.loss(features, labels),
+            None => Tensor::zeros([], (Kind::Float, features.device())),
         };
-        LossOutput { total, triplet, quantization, active, valid }
+        let centre_weight = self.centres.as_ref().map_or(0.0, |(_, weight)| *weight);
+        // Out-of-place sums: `triplet` is reported on its own and must not be changed in place.
+        let total = &triplet + &quantization * self.quantization + &centre * centre_weight;
+        LossOutput { total, triplet, quantization, centre, active, valid }
     }
 
     fn batch_all(&self, distances: &Tensor, positive: &Tensor, negative: &Tensor) -> (Tensor, i64, i64) {

@@ -11,7 +11,7 @@ use hashsrv::dataset::DatasetKind;
 use hashsrv::device::Device;
 use hashsrv_train::loss::{Strategy, default_margin};
 use hashsrv_train::model::Stem;
-use hashsrv_train::train::{Schedule, TrainConfig, run};
+use hashsrv_train::train::{Optimizer, Schedule, TrainConfig, run};
 
 /// Trains the deep hash model (ResNet-18 + FC + tanh) with the triplet ranking loss.
 #[derive(Debug, Parser)]
@@ -38,7 +38,16 @@ struct Args {
     /// Weight of the quantization regulariser mean((|F| - 1)^2); 0 disables it.
     #[arg(long, default_value_t = 0.0)]
     quantization: f64,
-    /// SGD learning rate (momentum 0.9, weight decay 5e-4).
+    /// Weight of the hash-centre term: each class gets a fixed, well-separated target code and
+    /// each output is pulled to its class's (binary cross-entropy; Yuan et al., CSQ, CVPR 2020).
+    /// 0 trains on triplets alone, as the seed does.
+    #[arg(long, default_value_t = 0.0)]
+    centres: f64,
+    /// Optimiser: sgd (the seed's; --momentum, L2 --weight-decay) or adamw (decoupled
+    /// --weight-decay).
+    #[arg(long, default_value = "sgd")]
+    optimizer: Optimizer,
+    /// Learning rate.
     #[arg(long, default_value_t = 0.001)]
     lr: f64,
     /// Learning-rate schedule: step (the seed's: x --lr-gamma every --lr-step epochs) or cosine
@@ -137,6 +146,8 @@ impl Args {
             margin: self.margin.unwrap_or_else(|| default_margin(self.bits)),
             strategy: self.strategy,
             quantization: self.quantization,
+            centres: self.centres,
+            optimizer: self.optimizer,
             lr: self.lr,
             schedule: self.schedule,
             lr_step: self.lr_step.unwrap_or_else(|| (self.epochs * 2).div_ceil(3).max(1)),

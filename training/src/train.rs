@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{CheckpointError, CheckpointInfo, Checkpoints, write_atomically};
 use crate::frozen::FrozenTrunk;
 use crate::loader::{LoadError, Loader, Transform, sequential_batches};
-use crate::loss::{Strategy, TripletLoss};
+use crate::loss::{HashCentres, Strategy, TripletLoss};
 use crate::model::{HashNet, HashNetConfig, ModelError, Stem};
 use crate::onnx::{ExportError, ExportMetadata, export_onnx};
 use crate::pretrained::{self, PretrainedError};
@@ -66,6 +66,33 @@ pub enum Schedule {
     Cosine,
 }
 
+/// The optimiser.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// The seed's: SGD with `momentum` and L2 weight decay.
+    #[default]
+    Sgd,
+    /// AdamW (betas 0.9 / 0.999, decoupled weight decay): adapts each weight's step to its
+    /// gradient's scale, which a network trained from scratch in a few epochs needs.
+    Adamw,
+}
+
+impl Optimizer {
+    fn build(self, vs: &nn::VarStore, config: &TrainConfig) -> Result<nn::Optimizer, tch::TchError> {
+        match self {
+            Optimizer::Sgd => {
+                nn::Sgd { momentum: config.momentum, dampening: 0.0, wd: config.weight_decay, nesterov: false }
+                    .build(vs, config.lr)
+            }
+            Optimizer::Adamw => {
+                nn::AdamW { beta1: 0.9, beta2: 0.999, wd: config.weight_decay, eps: 1e-8, amsgrad: false }
+                    .build(vs, config.lr)
+            }
+        }
+    }
+}
+
 /// The cosine schedule's rate at batch `t` of `total`: a linear warm-up over the first 3% of the
 /// batches (at most 200), then `lr * (1 + cos(pi t / total)) / 2`.
 fn cosine_lr(lr: f64, t: usize, total: usize) -> f64 {
@@ -89,6 +116,11 @@ pub struct TrainConfig {
     pub strategy: Strategy,
     /// Weight of the quantization regulariser (0 disables it).
     pub quantization: f64,
+    /// Weight of the hash-centre term (0 disables it; see [`crate::loss::HashCentres`]).
+    #[serde(default)]
+    pub centres: f64,
+    #[serde(default)]
+    pub optimizer: Optimizer,
     pub lr: f64,
     /// How the learning rate changes over the run.
     #[serde(default)]
@@ -245,6 +277,9 @@ pub struct EpochMetrics {
     /// Mean over batches of the fraction of valid triplets (anchors) with a positive loss.
     pub active_fraction: f64,
     pub quantization: f64,
+    /// Mean unweighted hash-centre term (0 without centres).
+    #[serde(default)]
+    pub centre: f64,
     pub images: usize,
     pub seconds: f64,
     pub images_per_second: f64,
@@ -333,9 +368,11 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
     let labels: Vec<u32> = fit.iter().map(|item| item.label).collect();
     let sampler =
         PkSampler::new(&labels, config.classes_per_batch, config.batch / config.classes_per_batch, config.seed)?;
-    let loss_fn = TripletLoss { strategy: config.strategy, margin: config.margin, quantization: config.quantization };
-    let mut optimizer = nn::Sgd { momentum: config.momentum, dampening: 0.0, wd: config.weight_decay, nesterov: false }
-        .build(&vs, config.lr)?;
+    let centres = (config.centres > 0.0)
+        .then(|| (HashCentres::new(data.class_names().len(), config.bits, config.seed), config.centres));
+    let loss_fn =
+        TripletLoss { strategy: config.strategy, margin: config.margin, quantization: config.quantization, centres };
+    let mut optimizer = config.optimizer.build(&vs, config)?;
     let preprocess = config.preprocess();
     let frozen = match config.freeze_trunk {
         true => Some(FrozenTrunk::compute(config, &mut vs, &net, &data, &preprocess, device)?),
@@ -491,6 +528,7 @@ pub(crate) struct EpochTally<'a> {
     loss_sum: f64,
     active_sum: f64,
     quantization_sum: f64,
+    centre_sum: f64,
     images: usize,
     steps: usize,
 }
@@ -506,6 +544,7 @@ impl<'a> EpochTally<'a> {
             loss_sum: 0.0,
             active_sum: 0.0,
             quantization_sum: 0.0,
+            centre_sum: 0.0,
             images: 0,
             steps: 0,
         }
@@ -524,6 +563,7 @@ impl<'a> EpochTally<'a> {
         self.loss_sum += step.total;
         self.active_sum += step.active as f64 / step.valid.max(1) as f64;
         self.quantization_sum += step.quantization;
+        self.centre_sum += step.centre;
         self.images += images;
         self.steps += 1;
         Ok(())
@@ -546,6 +586,7 @@ impl<'a> EpochTally<'a> {
             loss: self.loss_sum / steps,
             active_fraction: self.active_sum / steps,
             quantization: self.quantization_sum / steps,
+            centre: self.centre_sum / steps,
             images: self.images,
             seconds,
             images_per_second: self.images as f64 / seconds.max(1e-9),
@@ -560,6 +601,8 @@ pub struct StepOutput {
     pub total: f64,
     /// The unweighted quantization regulariser.
     pub quantization: f64,
+    /// The unweighted hash-centre term (0 without centres).
+    pub centre: f64,
     /// Active and valid triplets (see [`crate::loss::LossOutput`]).
     pub active: i64,
     pub valid: i64,
@@ -594,6 +637,7 @@ fn optimise(optimizer: &mut nn::Optimizer, loss_fn: &TripletLoss, outputs: &Tens
     StepOutput {
         total: loss.total.double_value(&[]),
         quantization: loss.quantization.double_value(&[]),
+        centre: loss.centre.double_value(&[]),
         active: loss.active,
         valid: loss.valid,
     }

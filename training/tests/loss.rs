@@ -1,6 +1,6 @@
 //! The triplet loss against a plain loop over every triplet, on small tensors.
 
-use hashsrv_train::loss::{Strategy, TripletLoss, default_margin, pairwise_squared_distances};
+use hashsrv_train::loss::{HashCentres, Strategy, TripletLoss, default_margin, pairwise_squared_distances};
 use tch::{Kind, Tensor};
 
 fn sq(a: &[f32], b: &[f32]) -> f64 {
@@ -70,7 +70,7 @@ fn both_strategies_match_the_oracle() {
     for (seed, bits, margin) in [(3, 4, 1.0), (4, 8, 3.0), (5, 16, 8.0), (6, 16, 0.5)] {
         let (t, rows) = batch(seed, labels.len() as i64, bits);
         for strategy in [Strategy::BatchAll, Strategy::BatchHard] {
-            let loss = TripletLoss { strategy, margin, quantization: 0.0 };
+            let loss = TripletLoss { strategy, margin, quantization: 0.0, centres: None };
             let out = loss.forward(&t, &label_tensor);
             let (expected, active) = oracle(&rows, &labels, margin, strategy);
             let got = out.total.double_value(&[]);
@@ -101,7 +101,7 @@ fn satisfied_batch_has_zero_loss_and_zero_gradient() {
         Tensor::from_slice(&[1.0f32, 1.0, 0.9, 1.0, -1.0, -1.0, -1.0, -0.9]).view([4, 2]).set_requires_grad(true);
     let labels = Tensor::from_slice(&[0i64, 0, 1, 1]);
     for strategy in [Strategy::BatchAll, Strategy::BatchHard] {
-        let out = TripletLoss { strategy, margin: 1.0, quantization: 0.0 }.forward(&t, &labels);
+        let out = TripletLoss { strategy, margin: 1.0, quantization: 0.0, centres: None }.forward(&t, &labels);
         assert_eq!(out.total.double_value(&[]), 0.0);
         assert_eq!(out.active, 0);
         t.zero_grad();
@@ -116,7 +116,8 @@ fn gradient_flows_and_is_finite() {
     tch::manual_seed(11);
     let mut w = Tensor::randn([8, 16], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
     for strategy in [Strategy::BatchAll, Strategy::BatchHard] {
-        let out = TripletLoss { strategy, margin: default_margin(16), quantization: 0.1 }.forward(&w.tanh(), &labels);
+        let out = TripletLoss { strategy, margin: default_margin(16), quantization: 0.1, centres: None }
+            .forward(&w.tanh(), &labels);
         w.zero_grad();
         out.total.backward();
         let grad = w.grad();
@@ -125,7 +126,7 @@ fn gradient_flows_and_is_finite() {
         // A plain gradient step on the loss lowers it.
         let before = out.total.double_value(&[]);
         let stepped = tch::no_grad(|| &w - grad * 0.01);
-        let after = TripletLoss { strategy, margin: default_margin(16), quantization: 0.1 }
+        let after = TripletLoss { strategy, margin: default_margin(16), quantization: 0.1, centres: None }
             .forward(&stepped.tanh(), &labels)
             .total
             .double_value(&[]);
@@ -137,7 +138,8 @@ fn gradient_flows_and_is_finite() {
 fn quantization_regulariser_is_weighted_mean_of_squared_gap() {
     let t = Tensor::from_slice(&[0.5f32, -1.0, 0.0, 1.0]).view([2, 2]);
     let labels = Tensor::from_slice(&[0i64, 0]); // no negatives: the triplet part is 0
-    let out = TripletLoss { strategy: Strategy::BatchAll, margin: 8.0, quantization: 2.0 }.forward(&t, &labels);
+    let out = TripletLoss { strategy: Strategy::BatchAll, margin: 8.0, quantization: 2.0, centres: None }
+        .forward(&t, &labels);
     let expected = (0.25 + 0.0 + 1.0 + 0.0) / 4.0;
     assert!((out.quantization.double_value(&[]) - expected).abs() < 1e-6);
     assert!((out.total.double_value(&[]) - 2.0 * expected).abs() < 1e-6);
@@ -151,4 +153,75 @@ fn default_margin_follows_the_seed() {
     assert_eq!("batch-hard".parse::<Strategy>().unwrap(), Strategy::BatchHard);
     assert_eq!("batch_all".parse::<Strategy>().unwrap(), Strategy::BatchAll);
     assert!("semi-hard".parse::<Strategy>().is_err());
+}
+
+fn hamming(a: &[f32], b: &[f32]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    (0..t.size()[0]).map(|i| Vec::<f32>::try_from(t.get(i)).unwrap()).collect()
+}
+
+#[test]
+fn hadamard_centres_are_half_the_bits_or_all_bits_apart() {
+    for (classes, bits) in [(10usize, 16u32), (10, 64), (32, 16), (200, 128)] {
+        let centres = rows(HashCentres::new(classes, bits, 0).codes());
+        assert_eq!(centres.len(), classes);
+        for (i, a) in centres.iter().enumerate() {
+            assert!(a.iter().all(|&x| x == 1.0 || x == -1.0));
+            for b in &centres[i + 1..] {
+                let d = hamming(a, b);
+                assert!(d == bits as usize / 2 || d == bits as usize, "{classes} classes at {bits} bits: {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn centres_that_do_not_fit_hadamard_are_seeded_coins() {
+    // 200 classes at 16 bits: more than 2 x 16 rows, so random; the same seed gives the same codes.
+    let a = rows(HashCentres::new(200, 16, 7).codes());
+    assert_eq!(a, rows(HashCentres::new(200, 16, 7).codes()));
+    assert_ne!(a, rows(HashCentres::new(200, 16, 8).codes()));
+    let ones = a.iter().flatten().filter(|&&x| x == 1.0).count() as f64 / (200.0 * 16.0);
+    assert!((ones - 0.5).abs() < 0.05, "{ones}");
+    // 48 bits is not a power of two.
+    assert_eq!(HashCentres::new(10, 48, 0).codes().size(), [10, 48]);
+}
+
+#[test]
+fn centre_term_is_the_bit_summed_cross_entropy_to_the_class_centre() {
+    let centres = HashCentres::new(2, 4, 0);
+    let c = rows(centres.codes());
+    let features = [0.5f32, -0.2, 0.9, 0.0, -0.7, 0.3, 0.1, -0.99];
+    let labels = [1i64, 0];
+    let t = Tensor::from_slice(&features).view([2, 4]);
+    let got = centres.loss(&t, &Tensor::from_slice(&labels)).double_value(&[]);
+    let mut want = 0.0;
+    for (row, &label) in labels.iter().enumerate() {
+        for bit in 0..4 {
+            let p = f64::from((features[row * 4 + bit] + 1.0) / 2.0);
+            let target = f64::from((c[label as usize][bit] + 1.0) / 2.0);
+            want -= target * p.ln() + (1.0 - target) * (1.0 - p).ln();
+        }
+    }
+    want /= 2.0;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+
+    // In the loss: added with its weight, and smallest when every output sits on its centre.
+    let on_centres = centres.codes().index_select(0, &Tensor::from_slice(&labels)) * 0.999;
+    let loss = |x: &Tensor| {
+        TripletLoss {
+            strategy: Strategy::BatchAll,
+            margin: 1.0,
+            quantization: 0.0,
+            centres: Some((HashCentres::new(2, 4, 0), 3.0)),
+        }
+        .forward(x, &Tensor::from_slice(&labels))
+    };
+    let out = loss(&t);
+    assert!((out.centre.double_value(&[]) - want).abs() < 1e-5);
+    assert!((out.total.double_value(&[]) - out.triplet.double_value(&[]) - 3.0 * want).abs() < 1e-4);
+    assert!(loss(&on_centres).centre.double_value(&[]) < 0.01);
 }
