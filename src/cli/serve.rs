@@ -41,7 +41,8 @@ pub struct Args {
     /// Most images per ONNX Runtime run (1 disables batching).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_batch: u32,
-    /// How long the first request of a batch waits for others (milliseconds).
+    /// How long the first request of a batch waits for others still decoding their uploads
+    /// (milliseconds); a request with nobody else on the way runs at once.
     #[arg(long, default_value_t = 2)]
     pub max_wait_ms: u64,
     /// Most requests waiting for the model; more are answered 503 with Retry-After.

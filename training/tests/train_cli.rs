@@ -215,7 +215,9 @@ fn frozen_trunk_trains_only_the_hash_layer_from_a_previous_run() {
     for bits in ["32", "16"] {
         let out = dir.path().join(format!("frozen{bits}"));
         let extra = ["--bits", bits, "--epochs", "3", "--lr", "0.01", "--freeze-trunk", "--pretrained"];
-        let run = train(&out, &[&common[..], &extra, &[checkpoint.to_str().unwrap()]].concat());
+        // The 16-bit head is trained with the demo's recipe (AdamW and the hash-centre term).
+        let recipe: &[&str] = if bits == "16" { &["--optimizer", "adamw", "--centres", "1"] } else { &[] };
+        let run = train(&out, &[&common[..], &extra, &[checkpoint.to_str().unwrap()], recipe].concat());
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(run.status.success(), "{stderr}");
         assert!(stderr.contains("training only the hash layer"), "{stderr}");
@@ -224,6 +226,13 @@ fn frozen_trunk_trains_only_the_hash_layer_from_a_previous_run() {
         assert_eq!(config["freeze_trunk"], true);
         let metrics = json(&out.join("metrics.json"));
         assert_eq!(metrics["epochs"].as_array().unwrap().len(), 3, "{stderr}");
+        let with_centres = bits == "16";
+        assert_eq!(config["optimizer"], if with_centres { "adamw" } else { "sgd" });
+        assert_eq!(config["centres"], if with_centres { 1.0 } else { 0.0 });
+        for epoch in metrics["epochs"].as_array().unwrap() {
+            let centre = epoch["centre"].as_f64().unwrap();
+            assert_eq!(centre > 0.0, with_centres, "{epoch}");
+        }
         assert_eq!(metrics["evaluations"].as_array().unwrap().len(), 3);
         assert!(metrics["best"][1].as_f64().is_some_and(|map| map > 0.0 && map <= 1.0), "{metrics}");
 
