@@ -19,6 +19,12 @@ fn image_form(bytes: Vec<u8>, file: &str, mime: &str) -> Form {
     Form::new().part("image", Part::bytes(bytes).file_name(file.to_string()).mime_str(mime).unwrap())
 }
 
+/// `POST url` with `image` as a PNG body; the answer must be a search response.
+async fn search_png(client: &reqwest::Client, url: String, image: &image::DynamicImage) -> SearchResponse {
+    let response = client.post(url).body(encode(image, ImageFormat::Png)).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
 async fn error_of(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let json: Value = response.json().await.expect("error bodies are JSON");
@@ -138,15 +144,7 @@ async fn a_lone_request_does_not_wait_for_company() {
     let server = start(state(dir.path(), |c| c.batch.max_wait = Duration::from_secs(5))).await;
     let client = reqwest::Client::new();
     for seed in 0..3 {
-        let answer: SearchResponse = client
-            .post(server.url("/search"))
-            .body(encode(&picture(32, 32, seed), ImageFormat::Png))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = search_png(&client, server.url("/search"), &picture(32, 32, seed)).await;
         assert_eq!(answer.batch_images, 1);
         assert!(answer.timings_ms.queue < 1000.0, "queued {} ms with nobody else coming", answer.timings_ms.queue);
     }
@@ -256,15 +254,7 @@ async fn reload_swaps_the_index_and_keeps_the_old_one_on_failure() {
     assert_eq!(response.status(), 200);
     let health: Value = client.get(server.url("/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(items(&health), 4);
-    let answer: SearchResponse = client
-        .post(server.url("/search?k=10"))
-        .body(encode(&picture(40, 40, 2), ImageFormat::Png))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = search_png(&client, server.url("/search?k=10"), &picture(40, 40, 2)).await;
     assert_eq!(answer.queries[0].results.len(), 4, "searches use the new index");
 
     let response = client
