@@ -22,7 +22,8 @@ pub enum EvaluationError {
     Metrics(#[from] MetricsError),
 }
 
-/// Query codes (their words, code after code, as in [`CodeMatrix`]) and their labels.
+/// Query codes (their words, code after code, as in [`CodeMatrix`]) and their labels. The
+/// pixel baselines hold their database codes this way too, having no index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Queries {
     pub bits: u32,

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::baselines::{BaselineMethod, LinearHasher, PIXEL_SIDE, pixel_features};
 use crate::dataset::{DatasetKind, Item, OpenOptions, Split};
+use crate::evaluation::Queries;
 
 /// Flags of `hashsrv baseline`.
 #[derive(Debug, clap::Args)]
@@ -78,17 +79,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         BaselineMethod::Itq => LinearHasher::itq(&database, dim, args.bits, args.itq_iterations, args.seed)?,
     };
     let fit_seconds = fit_started.elapsed().as_secs_f64();
-    let database_words = super::code_words(&hasher.encode_all(&database)?);
-    let query_words = super::code_words(&hasher.encode_all(&queries)?);
-    let database_labels = labels(dataset.split(Split::Train));
-    let query_labels = labels(dataset.split(Split::Test));
-
     let bits = args.bits;
+    let database = Queries::from_codes(bits, &hasher.encode_all(&database)?, labels(dataset.split(Split::Train)));
+    let queries = Queries::from_codes(bits, &hasher.encode_all(&queries)?, labels(dataset.split(Split::Test)));
     let report = metrics::evaluate(
-        hashsrv_index::CodeMatrix::new(bits, &database_words),
-        &database_labels,
-        hashsrv_index::CodeMatrix::new(bits, &query_words),
-        &query_labels,
+        database.codes(),
+        &database.labels,
+        queries.codes(),
+        &queries.labels,
         &EvalConfig::default(),
     )?;
     let method = match args.method {

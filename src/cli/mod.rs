@@ -62,11 +62,6 @@ pub(crate) fn progress_bar(len: usize, what: &str) -> indicatif::ProgressBar {
     progress
 }
 
-/// The words of `codes`, code after code (the layout of [`hashsrv_index::CodeMatrix`]).
-pub(crate) fn code_words(codes: &[hashsrv_index::HashCode]) -> Vec<u64> {
-    codes.iter().flat_map(|c| c.words().iter().copied()).collect()
-}
-
 /// How to run the model: the flags of every command that encodes a data set.
 #[derive(Debug, clap::Args)]
 pub struct ModelRunArgs {
