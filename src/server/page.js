@@ -7,9 +7,9 @@ const queryBox = document.getElementById("query");
 const resultsBox = document.getElementById("results");
 const drop = document.getElementById("drop");
 
-function show(message, isError) {
-  statusBox.textContent = message;
-  statusBox.className = isError ? "error" : "";
+function setStatus(box, message, isError) {
+  box.textContent = message;
+  box.className = isError ? "error" : "";
 }
 
 async function search(file) {
@@ -22,17 +22,17 @@ async function search(file) {
   const k = document.getElementById("k").value || "12";
   const form = new FormData();
   form.append("image", file);
-  show("searching…", false);
+  setStatus(statusBox, "searching…", false);
   let body;
   try {
     const response = await fetch("/search?k=" + encodeURIComponent(k), { method: "POST", body: form });
     body = await response.json();
     if (!response.ok) {
-      show(body.error + ": " + body.detail, true);
+      setStatus(statusBox, body.error + ": " + body.detail, true);
       return;
     }
   } catch (err) {
-    show("request failed: " + err, true);
+    setStatus(statusBox, "request failed: " + err, true);
     return;
   }
   const query = body.queries[0];
@@ -56,7 +56,8 @@ async function search(file) {
     resultsBox.append(figure);
   }
   const t = body.timings_ms;
-  show(
+  setStatus(
+    statusBox,
     query.results.length + " results for code " + query.code + " in " + t.total.toFixed(1) + " ms (inference " +
       t.inference.toFixed(1) + " ms, batch of " + body.batch_images + ")",
     false,
@@ -87,7 +88,7 @@ if (queryParam !== null && /^\/images\/[0-9]+$/.test(queryParam)) {
       return response.blob();
     })
     .then((blob) => search(new File([blob], "query.png", { type: blob.type })))
-    .catch((err) => show("cannot load " + queryParam + ": " + err, true));
+    .catch((err) => setStatus(statusBox, "cannot load " + queryParam + ": " + err, true));
 }
 
 // "Evaluate": POST /evaluate (or follow the job already running), poll it, then show its
@@ -95,11 +96,6 @@ if (queryParam !== null && /^\/images\/[0-9]+$/.test(queryParam)) {
 const evalStatus = document.getElementById("eval-status");
 const evalTable = document.getElementById("eval-table");
 const evalPlots = document.getElementById("eval-plots");
-
-function evalShow(message, isError) {
-  evalStatus.textContent = message;
-  evalStatus.className = isError ? "error" : "";
-}
 
 function number(x) {
   return x === null || x === undefined ? "n/a" : x.toFixed(4);
@@ -134,15 +130,17 @@ function showReport(job) {
       return img;
     }),
   );
-  evalShow(m.evaluated_queries + " queries against " + m.database_size + " items, " + m.bits + " bits", false);
+  const what = m.evaluated_queries + " queries against " + m.database_size + " items, " + m.bits + " bits";
+  setStatus(evalStatus, what, false);
 }
 
 async function follow(statusUrl) {
   for (;;) {
     const job = await (await fetch(statusUrl)).json();
     if (job.status === "done") return showReport(job);
-    if (job.status === "failed") return evalShow("evaluation failed: " + job.error, true);
-    evalShow("job " + job.job + ": encoded " + job.progress.done + " of " + job.progress.total + " queries", false);
+    if (job.status === "failed") return setStatus(evalStatus, "evaluation failed: " + job.error, true);
+    const progress = "encoded " + job.progress.done + " of " + job.progress.total + " queries";
+    setStatus(evalStatus, "job " + job.job + ": " + progress, false);
     await new Promise((resolve) => setTimeout(resolve, 1000));
   }
 }
@@ -153,8 +151,8 @@ document.getElementById("evaluate").addEventListener("click", async () => {
     const body = await response.json();
     if (response.status === 202) return await follow(body.status_url);
     if (body.error === "evaluation_running") return await follow("/evaluate/" + encodeURIComponent(body.job));
-    evalShow(body.error + ": " + body.detail, true);
+    setStatus(evalStatus, body.error + ": " + body.detail, true);
   } catch (err) {
-    evalShow("request failed: " + err, true);
+    setStatus(evalStatus, "request failed: " + err, true);
   }
 });
