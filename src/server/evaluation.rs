@@ -266,6 +266,11 @@ impl Evaluations {
         self.find(id).map(|job| job.view())
     }
 
+    /// Whether job `id` exists (running or ended).
+    pub fn exists(&self, id: &str) -> bool {
+        self.find(id).is_some()
+    }
+
     fn find(&self, id: &str) -> Option<Arc<Job>> {
         self.jobs().iter().find(|job| job.id == id).cloned()
     }

@@ -557,7 +557,7 @@ async fn evaluation_plot(
     State(state): Shared,
     Path((job, plot)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    if state.evaluations.view(&job).is_none() {
+    if !state.evaluations.exists(&job) {
         return Err(no_job(&job));
     }
     let file = state.evaluations.plot(&job, &plot).ok_or_else(|| {
