@@ -7,7 +7,7 @@ multi-index hashing). Times FAISS IndexBinaryFlat (and IndexBinaryMultiHash wher
 1.0) and our `search_bench` example on the same packed codes, checks that both return the same
 distances, and prints a Markdown table for BENCHMARKS.md.
 
-Usage: .venv/bin/python scripts/bench_index.py [--n 1000000] [--quick]
+Usage: .venv/bin/python scripts/bench_index.py [--n 1000000] [--quick] [--flat-only] [--bits 64] [--k 10]
 Installs faiss-cpu into the running venv if it is missing.
 """
 
@@ -22,6 +22,8 @@ import time
 import numpy as np
 
 SEED = 20261129
+# Built by `cargo build --release -p hashsrv-index --example search_bench`.
+DEFAULT_BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "examples", "search_bench")
 
 
 def ensure_faiss():
@@ -85,8 +87,10 @@ def main():
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="fewer settings")
     ap.add_argument("--planner-only", action="store_true", help="only the Auto-vs-scan table")
-    ap.add_argument("--binary", default=os.environ.get("SEARCH_BENCH",
-                    "/work/tgt/index/release/examples/search_bench"))
+    ap.add_argument("--flat-only", action="store_true", help="only the IndexBinaryFlat table")
+    ap.add_argument("--bits", default=None, help="comma-separated code lengths (default 16,32,64,128)")
+    ap.add_argument("--k", default=None, help="comma-separated k (default 10,100)")
+    ap.add_argument("--binary", default=os.environ.get("SEARCH_BENCH", DEFAULT_BINARY))
     a = ap.parse_args()
     faiss = ensure_faiss()
     rng = np.random.default_rng(SEED)
@@ -103,6 +107,11 @@ def main():
     print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     kinds = ["uniform", "clustered"]
     bit_list = [64, 16] if a.quick else [16, 32, 64, 128]
+    if a.bits:
+        bit_list = [int(b) for b in a.bits.split(",")]
+    k_list = [10] if a.quick else [10, 100]
+    if a.k:
+        k_list = [int(k) for k in a.k.split(",")]
     for kind in kinds:
         for bits in bit_list:
             nq_batch = 1000
@@ -114,7 +123,7 @@ def main():
             q_single.tofile(qp + ".single")
             index = faiss.IndexBinaryFlat(bits)
             index.add(db)
-            for k in ([10] if a.quick else [10, 100]):
+            for k in k_list:
                 for threads in (1, 2):
                     faiss.omp_set_num_threads(threads)
                     for mode in ("single", "batch"):
@@ -133,6 +142,8 @@ def main():
                               f"{1e3 * r['cpu_seconds_per_query']:.3f} | {cpu / len(qq) / r['cpu_seconds_per_query']:.1f}x | "
                               f"{r['codes_per_second_per_core'] / 1e9:.2f}e9 | "
                               f"{r['gb_per_second']:.1f} | {same} |", flush=True)
+    if a.flat_only:
+        return
     # Multi-index hashing: planted near-duplicates, radius 3, k 10, 64 bits.
     print()
     print("| codes | bits | N | k | radius | method | ms/query | speed-up vs our scan | MIH used (of 50) | same distances as scan |")

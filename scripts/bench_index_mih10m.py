@@ -10,7 +10,7 @@ tmp = tempfile.mkdtemp(prefix="mih10m_")
 db, q = b.make_codes("planted", 10_000_000, 64, 200, rng)
 cp, qp = os.path.join(tmp, "db.bin"), os.path.join(tmp, "q.bin")
 db.tofile(cp); q.tofile(qp)
-binary = os.environ.get("SEARCH_BENCH", "/work/tgt/index/release/examples/search_bench")
+binary = os.environ.get("SEARCH_BENCH", b.DEFAULT_BINARY)
 scan = b.ours(binary, cp, qp, 64, 10, 1, "single", "linear", radius=3, repeats=2)
 for m in ("mih", "auto"):
     r = b.ours(binary, cp, qp, 64, 10, 1, "single", m, radius=3, repeats=20)

@@ -81,7 +81,7 @@ fn main() -> Result<()> {
         "queries": qs.len(), "method": format!("{method:?}"), "seconds_per_query": per_query,
         "cpu_seconds_per_query": cpu_per_run / qs.len() as f64,
         "codes_per_second_per_core": scanned / threads as f64,
-        "gb_per_second": scanned * (words_for_bits(bits) * 8) as f64 / 1e9,
+        "gb_per_second": scanned * index.scan_bytes_per_code() as f64 / 1e9,
         "mih_tables_seconds": build_s, "mih_used_of_first_50": mih_used,
         "distances": distances, "first_positions": hits.first(),
     });

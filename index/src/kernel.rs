@@ -1,13 +1,20 @@
-//! Distance kernels: the Hamming distances of one query to a block of codes, compiled several
-//! times for different instruction sets and chosen at run time, so a portable build still uses
-//! AVX-512 VPOPCNTDQ or AVX2 where the CPU has them (no `-C target-cpu=native` needed).
+//! Scan kernels: one query against a block of codes, feeding a [`TopK`], compiled several times
+//! for different instruction sets and chosen at run time, so a portable build still uses AVX-512
+//! VPOPCNTDQ or AVX2 where the CPU has them (no `-C target-cpu=native` needed).
 //!
-//! Every variant runs the same body (`block_distances`); LLVM vectorises its popcounts with
-//! `vpopcntq` under AVX-512 VPOPCNTDQ and with the nibble-lookup (`vpshufb`) method under AVX2.
-//! The body is specialised for 1 and 2 words per code (16..=128 bits), where the per-code loop
-//! over words would otherwise cost more than the popcounts.
+//! Every variant runs the same body: the block's distances and their minimum (LLVM vectorises
+//! the popcounts with `vpopcntq` under AVX-512 and with the nibble-lookup `vpshufb` method under
+//! AVX2), then, only when the minimum is below the top-k threshold, a search for the hits. Both
+//! steps are compiled under the variant's features: outside them, even the minimum of a piece of
+//! distances falls back to SSE2 emulation. The word body is specialised for 1 and 2 words per
+//! code (up to 128 bits), where the per-code loop over words would cost more than the popcounts.
+//!
+//! Codes of at most 32 bits are scanned from narrow lanes (`Lane`: one code per `u16` or `u32`),
+//! where a 256-bit vector holds 16 or 8 codes instead of 4 padded words.
 
 use std::sync::OnceLock;
+
+use crate::search::TopK;
 
 /// One compiled variant of the distance kernel. Only `detect`/`available` hand out variants,
 /// and only those the running CPU supports, which is what makes calling them sound.
@@ -41,54 +48,124 @@ impl Kernel {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("popcnt") {
                 kernels.push(Kernel::Avx2);
             }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vpopcntdq") {
+            // Every feature the variant's functions enable, so none runs where one is missing.
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vpopcntdq")
+                && is_x86_feature_detected!("avx512bitalg")
+            {
                 kernels.push(Kernel::Avx512);
             }
         }
         kernels
     }
 
-    /// Writes the distance from `query` to each code of `codes` (`out.len()` codes of
-    /// `query.len()` words) into `out` and returns the smallest (`u32::MAX` if `out` is empty).
+    /// Scans `codes` (`out.len()` codes of `query.len()` words; code `j` is position
+    /// `first + j`) for `query`, feeding `top` every code below its threshold. `out` is scratch.
     #[inline]
-    pub(crate) fn distances(self, query: &[u64], codes: &[u64], out: &mut [u32]) -> u32 {
+    pub(crate) fn scan_words(self, query: &[u64], codes: &[u64], out: &mut [u32], first: usize, top: &mut TopK) {
         debug_assert_eq!(codes.len(), out.len() * query.len());
         match self {
-            Kernel::Portable => block_distances(query, codes, out),
-            // SAFETY: `Kernel::Popcnt` is only created by `available` after detecting `popcnt`.
+            Kernel::Portable => scan_words(query, codes, out, first, top),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Popcnt => unsafe { distances_popcnt(query, codes, out) },
-            // SAFETY: `Kernel::Avx2` is only created by `available` after detecting `avx2` and `popcnt`.
+            // SAFETY: `Kernel::Popcnt` exists only where `available` detected every feature
+            // `scan_words_popcnt` enables.
+            Kernel::Popcnt => unsafe { scan_words_popcnt(query, codes, out, first, top) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { distances_avx2(query, codes, out) },
-            // SAFETY: `Kernel::Avx512` is only created by `available` after detecting `avx512f` and
-            // `avx512vpopcntdq`.
+            // SAFETY: `Kernel::Avx2` exists only where `available` detected every feature
+            // `scan_words_avx2` enables.
+            Kernel::Avx2 => unsafe { scan_words_avx2(query, codes, out, first, top) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { distances_avx512(query, codes, out) },
+            // SAFETY: `Kernel::Avx512` exists only where `available` detected every feature
+            // `scan_words_avx512` enables.
+            Kernel::Avx512 => unsafe { scan_words_avx512(query, codes, out, first, top) },
         }
+    }
+
+    /// [`scan_words`](Self::scan_words) for codes in narrow lanes.
+    #[inline]
+    pub(crate) fn scan_lanes<L: Lane>(self, query: L, codes: &[L], out: &mut [L], first: usize, top: &mut TopK) {
+        debug_assert_eq!(codes.len(), out.len());
+        match self {
+            Kernel::Portable => scan_lanes(query, codes, out, first, top),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernel::Popcnt` exists only where `available` detected every feature
+            // `scan_lanes_popcnt` enables.
+            Kernel::Popcnt => unsafe { scan_lanes_popcnt(query, codes, out, first, top) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernel::Avx2` exists only where `available` detected every feature
+            // `scan_lanes_avx2` enables.
+            Kernel::Avx2 => unsafe { scan_lanes_avx2(query, codes, out, first, top) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernel::Avx512` exists only where `available` detected every feature
+            // `scan_lanes_avx512` enables.
+            Kernel::Avx512 => unsafe { scan_lanes_avx512(query, codes, out, first, top) },
+        }
+    }
+}
+
+/// One code of at most 32 bits in a narrow integer, its bits in the low end.
+pub(crate) trait Lane: Copy + Ord + Send + Sync + Into<u32> + std::ops::BitXor<Output = Self> {
+    const MAX: Self;
+    /// The popcount, in the lane's own width so that a vector of lanes stays one vector.
+    fn ones(self) -> Self;
+}
+
+impl Lane for u16 {
+    const MAX: u16 = u16::MAX;
+    #[inline(always)]
+    fn ones(self) -> u16 {
+        self.count_ones() as u16
+    }
+}
+
+impl Lane for u32 {
+    const MAX: u32 = u32::MAX;
+    #[inline(always)]
+    fn ones(self) -> u32 {
+        self.count_ones()
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
-fn distances_popcnt(query: &[u64], codes: &[u64], out: &mut [u32]) -> u32 {
-    block_distances(query, codes, out)
+fn scan_words_popcnt(query: &[u64], codes: &[u64], out: &mut [u32], first: usize, top: &mut TopK) {
+    scan_words(query, codes, out, first, top)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,popcnt")]
-fn distances_avx2(query: &[u64], codes: &[u64], out: &mut [u32]) -> u32 {
-    block_distances(query, codes, out)
+fn scan_words_avx2(query: &[u64], codes: &[u64], out: &mut [u32], first: usize, top: &mut TopK) {
+    scan_words(query, codes, out, first, top)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")]
-fn distances_avx512(query: &[u64], codes: &[u64], out: &mut [u32]) -> u32 {
-    block_distances(query, codes, out)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512bitalg,popcnt")]
+fn scan_words_avx512(query: &[u64], codes: &[u64], out: &mut [u32], first: usize, top: &mut TopK) {
+    scan_words(query, codes, out, first, top)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+fn scan_lanes_popcnt<L: Lane>(query: L, codes: &[L], out: &mut [L], first: usize, top: &mut TopK) {
+    scan_lanes(query, codes, out, first, top)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+fn scan_lanes_avx2<L: Lane>(query: L, codes: &[L], out: &mut [L], first: usize, top: &mut TopK) {
+    scan_lanes(query, codes, out, first, top)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512bitalg,popcnt")]
+fn scan_lanes_avx512<L: Lane>(query: L, codes: &[L], out: &mut [L], first: usize, top: &mut TopK) {
+    scan_lanes(query, codes, out, first, top)
 }
 
 #[inline(always)]
-fn block_distances(query: &[u64], codes: &[u64], out: &mut [u32]) -> u32 {
+fn scan_words(query: &[u64], codes: &[u64], out: &mut [u32], first: usize, top: &mut TopK) {
     let mut min = u32::MAX;
     match *query {
         [q0] => {
@@ -113,7 +190,39 @@ fn block_distances(query: &[u64], codes: &[u64], out: &mut [u32]) -> u32 {
             }
         }
     }
-    min
+    if min < top.threshold() {
+        push_hits(out, first, top);
+    }
+}
+
+#[inline(always)]
+fn scan_lanes<L: Lane>(query: L, codes: &[L], out: &mut [L], first: usize, top: &mut TopK) {
+    let mut min = L::MAX;
+    for (o, &c) in out.iter_mut().zip(codes) {
+        let d = (c ^ query).ones();
+        *o = d;
+        min = min.min(d);
+    }
+    if min.into() < top.threshold() {
+        push_hits(out, first, top);
+    }
+}
+
+/// Feeds `top` the codes whose distance in `out` is below its threshold. Once the threshold is
+/// tight a block holds few of them, so pieces whose minimum is not below it are skipped whole.
+#[inline(always)]
+fn push_hits<D: Copy + Ord + Into<u32>>(out: &[D], first: usize, top: &mut TopK) {
+    const PIECE: usize = 32;
+    for (p, piece) in out.chunks(PIECE).enumerate() {
+        let min = piece.iter().fold(piece[0], |a, &b| a.min(b));
+        if min.into() < top.threshold() {
+            for (j, &d) in piece.iter().enumerate() {
+                if d.into() < top.threshold() {
+                    top.push_in_order(d.into(), first + p * PIECE + j);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -121,20 +230,49 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// Every hit of a scan that keeps everything: `(position, distance)` in position order.
+    fn all_hits(scan: impl FnOnce(&mut TopK), max_distance: u32) -> Vec<(usize, u32)> {
+        let mut top = TopK::new(usize::MAX, max_distance);
+        scan(&mut top);
+        let mut hits: Vec<_> = top.into_hits().into_iter().map(|h| (h.position, h.distance)).collect();
+        hits.sort_unstable();
+        hits
+    }
+
     #[test]
-    fn every_available_kernel_matches_the_reference_distance() {
+    fn every_available_lane_kernel_finds_the_reference_distances() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        for n in [0usize, 1, 7, 64, 257, 1025] {
+            let (q16, q32): (u16, u32) = (rng.random(), rng.random());
+            let c16: Vec<u16> = (0..n).map(|_| rng.random()).collect();
+            let c32: Vec<u32> = (0..n).map(|_| rng.random()).collect();
+            let want16: Vec<_> = c16.iter().enumerate().map(|(j, c)| (5 + j, (c ^ q16).count_ones())).collect();
+            let want32: Vec<_> = c32.iter().enumerate().map(|(j, c)| (5 + j, (c ^ q32).count_ones())).collect();
+            for kernel in Kernel::available() {
+                let got16 = all_hits(|top| kernel.scan_lanes(q16, &c16, &mut vec![0; n], 5, top), 16);
+                assert_eq!(got16, want16, "{kernel:?}, u16, {n} codes");
+                let got32 = all_hits(|top| kernel.scan_lanes(q32, &c32, &mut vec![0; n], 5, top), 32);
+                assert_eq!(got32, want32, "{kernel:?}, u32, {n} codes");
+            }
+        }
+    }
+
+    #[test]
+    fn every_available_kernel_finds_the_reference_distances() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for words in [1usize, 2, 3, 4, 16] {
             for n in [0usize, 1, 7, 64, 257] {
                 let query: Vec<u64> = (0..words).map(|_| rng.random()).collect();
                 let codes: Vec<u64> = (0..n * words).map(|_| rng.random()).collect();
-                let expected: Vec<u32> =
-                    codes.chunks_exact(words).map(|c| crate::hamming::distance(&query, c)).collect();
+                let want: Vec<_> = codes
+                    .chunks_exact(words)
+                    .enumerate()
+                    .map(|(j, c)| (9 + j, crate::hamming::distance(&query, c)))
+                    .collect();
                 for kernel in Kernel::available() {
-                    let mut out = vec![0u32; n];
-                    let min = kernel.distances(&query, &codes, &mut out);
-                    assert_eq!(out, expected, "{kernel:?}, {words} words, {n} codes");
-                    assert_eq!(min, expected.iter().copied().min().unwrap_or(u32::MAX));
+                    let bits = 64 * words as u32;
+                    let got = all_hits(|top| kernel.scan_words(&query, &codes, &mut vec![0; n], 9, top), bits);
+                    assert_eq!(got, want, "{kernel:?}, {words} words, {n} codes");
                 }
             }
         }

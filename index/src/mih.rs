@@ -30,13 +30,16 @@ const MIN_AUTO_ITEMS: usize = 50_000;
 /// the buckets and candidates it really visits) before the search gives up and scans; so `Auto`
 /// is at most about this much slower than the scan alone.
 const AUTO_BUDGET_FRACTION: f64 = 0.05;
-/// Cost model, nanoseconds: scanning one 64-bit word of codes (single query, one core; and per
-/// query in a cache-blocked batch), probing one bucket, and checking one candidate (a random
-/// access to its code).
-const SCAN_NS_PER_WORD: f64 = 0.3;
-const BATCH_SCAN_NS_PER_WORD: f64 = 0.06;
-const PROBE_NS: f64 = 15.0;
-const CANDIDATE_NS: f64 = 25.0;
+/// Cost model, nanoseconds: scanning 8 bytes of codes (single query, one core; and per query in a
+/// cache-blocked batch), probing one bucket, and checking one candidate (a random access to its
+/// code). Measured on the 2-vCPU AVX2 machine of BENCHMARKS.md with 1M codes: the scans at
+/// 0.35-0.45 ns per 8 bytes; 20 forced multi-index searches of uniform 64-bit codes (1.09M probes,
+/// 0.35M candidates, 92.9 ms) and 50 of 32-bit codes (11k probes, 168k candidates, 13.1 ms) solve
+/// to about 61 ns a probe and 74 ns a candidate: cache misses, not arithmetic.
+const SCAN_NS_PER_WORD: f64 = 0.4;
+const BATCH_SCAN_NS_PER_WORD: f64 = 0.35;
+const PROBE_NS: f64 = 60.0;
+const CANDIDATE_NS: f64 = 75.0;
 
 /// One substring table: positions sorted by substring value, `offsets[v]..offsets[v + 1]` the
 /// positions whose substring is `v`.
@@ -250,7 +253,8 @@ impl CodeIndex {
                 if self.bits() < MIN_MIH_BITS || self.len() < MIN_AUTO_ITEMS || opts.k == 0 {
                     return None;
                 }
-                let words = (self.len() * self.codes().words_per_code()) as f64;
+                // In 64-bit words' worth of bytes: short codes are scanned from narrow lanes.
+                let words = (self.len() * self.scan_codes().bytes_per_code()) as f64 / 8.0;
                 let scan_ns = match scan {
                     LinearCost::Single => words * SCAN_NS_PER_WORD,
                     LinearCost::Split => words * SCAN_NS_PER_WORD / rayon::current_num_threads() as f64,

@@ -15,6 +15,7 @@ use crate::code::{CodeMatrix, last_word_mask};
 use crate::error::IndexError;
 use crate::format::{HEADER_LEN, IndexMetadata, Layout, Section, parse_layout};
 use crate::mih::MultiIndex;
+use crate::search::NarrowCodes;
 
 /// Where the file bytes live. Both give 8-byte aligned bytes, so the 64-byte aligned sections can
 /// be viewed as `u64`/`u32` slices in place.
@@ -65,6 +66,8 @@ pub struct CodeIndex {
     layout: Layout,
     metadata: IndexMetadata,
     pub(crate) multi_index: OnceLock<Option<MultiIndex>>,
+    /// Codes of at most 32 bits in narrow lanes, for the scan (see `search::NarrowCodes`).
+    pub(crate) narrow_codes: OnceLock<Option<NarrowCodes>>,
 }
 
 impl CodeIndex {
@@ -109,7 +112,7 @@ impl CodeIndex {
         check_paths(offsets, section(Section::PathBytes))?;
         let metadata =
             serde_json::from_slice(section(Section::Metadata)).map_err(|e| IndexError::Metadata(e.to_string()))?;
-        Ok(CodeIndex { backing, layout, metadata, multi_index: OnceLock::new() })
+        Ok(CodeIndex { backing, layout, metadata, multi_index: OnceLock::new(), narrow_codes: OnceLock::new() })
     }
 
     fn section(&self, s: Section) -> &[u8] {

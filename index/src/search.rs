@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use crate::code::CodeMatrix;
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, Lane};
 use crate::reader::CodeIndex;
 
 /// How to search.
@@ -75,6 +75,8 @@ pub struct SearchResult {
 /// Codes scanned per distance block: small enough for the stack, large enough that the
 /// per-block threshold check is noise.
 const BLOCK: usize = 256;
+/// Codes scanned per distance block in narrow lanes (the same 2 to 4 KiB of codes).
+const LANE_BLOCK: usize = 1024;
 /// Bytes of codes a batch scans per query block, sized to stay in L2 across the block's queries.
 const L2_BLOCK_BYTES: usize = 256 * 1024;
 /// Most queries scanning one code block together.
@@ -84,7 +86,10 @@ const POSITION_BITS: u32 = 40;
 
 /// Collects the best `k` (distance, position) pairs without a heap in the hot loop: candidates
 /// below the current threshold are appended to a buffer, and when it fills, one selection keeps
-/// the best `k` and tightens the threshold to the k-th distance.
+/// the best `k`. A scan in position order also counts its hits per distance, which gives the
+/// tightest threshold at once: once `k` hits lie at distance `<= t`, a later item at distance `t`
+/// ranks behind all of them (ties go to the lower position), so only distances below `t` can
+/// still enter.
 #[derive(Debug)]
 pub(crate) struct TopK {
     k: usize,
@@ -92,6 +97,12 @@ pub(crate) struct TopK {
     kth_key: u64,
     buf: Vec<u64>,
     cap: usize,
+    /// In-order hits per distance (`push_in_order` only).
+    counts: Vec<usize>,
+    /// In-order hits at distances below `cut`, and `cut` itself: no later item at `cut` or
+    /// beyond can enter.
+    below: usize,
+    cut: u32,
 }
 
 fn key(distance: u32, position: usize) -> u64 {
@@ -102,19 +113,27 @@ impl TopK {
     /// Keeps the best `k` of items within `max_distance`.
     pub(crate) fn new(k: usize, max_distance: u32) -> Self {
         let cap = k.saturating_mul(2).saturating_add(1024);
-        TopK { k, kth_key: key(max_distance + 1, 0), buf: Vec::new(), cap }
+        let cut = max_distance + 1;
+        let counts = vec![0; cut as usize];
+        TopK { k, kth_key: key(cut, 0), buf: Vec::new(), cap, counts, below: 0, cut }
     }
 
     /// A scan visiting positions in increasing order only needs distances below this.
     #[inline]
     pub(crate) fn threshold(&self) -> u32 {
-        (self.kth_key >> POSITION_BITS) as u32
+        self.cut.min((self.kth_key >> POSITION_BITS) as u32)
     }
 
     /// Adds an item found in increasing position order whose distance is below `threshold()`.
     #[inline]
     pub(crate) fn push_in_order(&mut self, distance: u32, position: usize) {
         self.buf.push(key(distance, position));
+        self.counts[distance as usize] += 1;
+        self.below += 1;
+        while self.below >= self.k && self.cut > 0 {
+            self.cut -= 1;
+            self.below -= self.counts[self.cut as usize];
+        }
         if self.buf.len() >= self.cap {
             self.shrink();
         }
@@ -167,21 +186,89 @@ impl TopK {
     }
 }
 
-/// Scans codes `range` for `query` in position order, feeding `top`.
-fn scan(kernel: Kernel, codes: CodeMatrix<'_>, query: &[u64], range: std::ops::Range<usize>, top: &mut TopK) {
+/// The codes a linear scan reads: the index's padded words, or for codes of at most 32 bits a
+/// copy with one code per `u16` or `u32` lane ([`NarrowCodes`]), which moves a quarter or half of
+/// the bytes and fits 4 or 2 times as many codes in each vector instruction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ScanCodes<'a> {
+    Words(CodeMatrix<'a>),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+}
+
+/// The narrow-lane copy of codes of at most 32 bits (built once per index, on first search).
+#[derive(Debug)]
+pub(crate) enum NarrowCodes {
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+impl NarrowCodes {
+    /// The copy of `codes`, or `None` for codes longer than 32 bits. A code's bits sit at the top
+    /// of its word (padding below is zero), so shifting them down keeps every distance.
+    pub(crate) fn build(codes: CodeMatrix<'_>) -> Option<NarrowCodes> {
+        match codes.bits() {
+            ..=16 => Some(NarrowCodes::U16(codes.words().iter().map(|w| (w >> 48) as u16).collect())),
+            17..=32 => Some(NarrowCodes::U32(codes.words().iter().map(|w| (w >> 32) as u32).collect())),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn scan_codes(&self) -> ScanCodes<'_> {
+        match self {
+            NarrowCodes::U16(c) => ScanCodes::U16(c),
+            NarrowCodes::U32(c) => ScanCodes::U32(c),
+        }
+    }
+}
+
+impl ScanCodes<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ScanCodes::Words(m) => m.len(),
+            ScanCodes::U16(c) => c.len(),
+            ScanCodes::U32(c) => c.len(),
+        }
+    }
+
+    /// Bytes a scan reads per code.
+    pub(crate) fn bytes_per_code(&self) -> usize {
+        match self {
+            ScanCodes::Words(m) => 8 * m.words_per_code(),
+            ScanCodes::U16(_) => 2,
+            ScanCodes::U32(_) => 4,
+        }
+    }
+
+    /// Scans codes `range` for `query` (in the index's word layout) in position order, feeding
+    /// `top`.
+    fn scan(&self, kernel: Kernel, query: &[u64], range: std::ops::Range<usize>, top: &mut TopK) {
+        match *self {
+            ScanCodes::Words(codes) => scan_words(kernel, codes, query, range, top),
+            ScanCodes::U16(codes) => {
+                scan_lanes(kernel, &codes[range.clone()], (query[0] >> 48) as u16, range.start, top)
+            }
+            ScanCodes::U32(codes) => {
+                scan_lanes(kernel, &codes[range.clone()], (query[0] >> 32) as u32, range.start, top)
+            }
+        }
+    }
+}
+
+fn scan_words(kernel: Kernel, codes: CodeMatrix<'_>, query: &[u64], range: std::ops::Range<usize>, top: &mut TopK) {
     let wpc = codes.words_per_code();
     let words = &codes.words()[range.start * wpc..range.end * wpc];
     let mut out = [0u32; BLOCK];
     for (b, block) in words.chunks(BLOCK * wpc).enumerate() {
-        let out = &mut out[..block.len() / wpc];
-        if kernel.distances(query, block, out) < top.threshold() {
-            let base = range.start + b * BLOCK;
-            for (j, &d) in out.iter().enumerate() {
-                if d < top.threshold() {
-                    top.push_in_order(d, base + j);
-                }
-            }
-        }
+        kernel.scan_words(query, block, &mut out[..block.len() / wpc], range.start + b * BLOCK, top);
+    }
+}
+
+/// `codes` start at position `first`.
+fn scan_lanes<L: Lane>(kernel: Kernel, codes: &[L], query: L, first: usize, top: &mut TopK) {
+    let mut out = [L::MAX; LANE_BLOCK];
+    for (b, block) in codes.chunks(LANE_BLOCK).enumerate() {
+        kernel.scan_lanes(query, block, &mut out[..block.len()], first + b * LANE_BLOCK, top);
     }
 }
 
@@ -191,33 +278,30 @@ pub(crate) fn max_distance(bits: u32, opts: &SearchOptions) -> u32 {
 }
 
 /// Exact linear-scan search of one query on the calling thread.
-pub fn linear_search(codes: CodeMatrix<'_>, query: &[u64], opts: &SearchOptions) -> Vec<Hit> {
-    check_query(codes, query);
-    let mut top = TopK::new(opts.k, max_distance(codes.bits(), opts));
-    if opts.k > 0 {
-        scan(Kernel::detect(), codes, query, 0..codes.len(), &mut top);
+fn linear_search(codes: ScanCodes<'_>, query: &[u64], k: usize, max_d: u32) -> Vec<Hit> {
+    let mut top = TopK::new(k, max_d);
+    if k > 0 {
+        codes.scan(Kernel::detect(), query, 0..codes.len(), &mut top);
     }
     top.into_hits()
 }
 
 /// Exact linear-scan search of one query, the codes split over the rayon pool's threads.
-pub fn linear_search_split(codes: CodeMatrix<'_>, query: &[u64], opts: &SearchOptions) -> Vec<Hit> {
-    check_query(codes, query);
+fn linear_search_split(codes: ScanCodes<'_>, query: &[u64], k: usize, max_d: u32) -> Vec<Hit> {
     let n = codes.len();
     let parts = rayon::current_num_threads().max(1);
-    let kernel = Kernel::detect();
-    let max_d = max_distance(codes.bits(), opts);
-    if opts.k == 0 || parts == 1 || n < parts * 4 * BLOCK {
-        return linear_search(codes, query, opts);
+    if k == 0 || parts == 1 || n < parts * 4 * LANE_BLOCK {
+        return linear_search(codes, query, k, max_d);
     }
-    let step = n.div_ceil(parts).next_multiple_of(BLOCK);
+    let kernel = Kernel::detect();
+    let step = n.div_ceil(parts).next_multiple_of(LANE_BLOCK);
     (0..n)
         .step_by(step)
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|start| {
-            let mut top = TopK::new(opts.k, max_d);
-            scan(kernel, codes, query, start..(start + step).min(n), &mut top);
+            let mut top = TopK::new(k, max_d);
+            codes.scan(kernel, query, start..(start + step).min(n), &mut top);
             top
         })
         .reduce_with(TopK::merge)
@@ -226,25 +310,23 @@ pub fn linear_search_split(codes: CodeMatrix<'_>, query: &[u64], opts: &SearchOp
 
 /// Exact linear-scan search of many queries: query blocks run in parallel, and each block scans
 /// the codes in L2-sized pieces so each piece is read from memory once per block of queries.
-pub fn linear_search_batch(codes: CodeMatrix<'_>, queries: CodeMatrix<'_>, opts: &SearchOptions) -> Vec<Vec<Hit>> {
-    assert_eq!(codes.bits(), queries.bits(), "queries and codes have different lengths");
+fn linear_search_batch(codes: ScanCodes<'_>, queries: CodeMatrix<'_>, k: usize, max_d: u32) -> Vec<Vec<Hit>> {
     let nq = queries.len();
     if nq < rayon::current_num_threads() {
-        return (0..nq).map(|q| linear_search_split(codes, queries.code(q), opts)).collect();
+        return (0..nq).map(|q| linear_search_split(codes, queries.code(q), k, max_d)).collect();
     }
     let kernel = Kernel::detect();
-    let max_d = max_distance(codes.bits(), opts);
-    let code_block = (L2_BLOCK_BYTES / (8 * codes.words_per_code())).next_multiple_of(BLOCK);
+    let code_block = (L2_BLOCK_BYTES / codes.bytes_per_code()).next_multiple_of(LANE_BLOCK);
     let query_block = nq.div_ceil(rayon::current_num_threads() * 2).clamp(1, MAX_QUERY_BLOCK);
     let idx: Vec<usize> = (0..nq).collect();
     idx.par_chunks(query_block)
         .flat_map_iter(|chunk| {
-            let mut tops: Vec<TopK> = chunk.iter().map(|_| TopK::new(opts.k, max_d)).collect();
-            if opts.k > 0 {
+            let mut tops: Vec<TopK> = chunk.iter().map(|_| TopK::new(k, max_d)).collect();
+            if k > 0 {
                 for start in (0..codes.len()).step_by(code_block) {
                     let range = start..(start + code_block).min(codes.len());
                     for (&q, top) in chunk.iter().zip(&mut tops) {
-                        scan(kernel, codes, queries.code(q), range.clone(), top);
+                        codes.scan(kernel, queries.code(q), range.clone(), top);
                     }
                 }
             }
@@ -265,6 +347,21 @@ fn check_query(codes: CodeMatrix<'_>, query: &[u64]) {
 }
 
 impl CodeIndex {
+    /// What a linear scan reads: the narrow copy for codes of at most 32 bits (built on the first
+    /// call: `len()` x 2 or 4 bytes), else the mapped words.
+    pub(crate) fn scan_codes(&self) -> ScanCodes<'_> {
+        match self.narrow_codes.get_or_init(|| NarrowCodes::build(self.codes())) {
+            Some(narrow) => narrow.scan_codes(),
+            None => ScanCodes::Words(self.codes()),
+        }
+    }
+
+    /// Bytes a linear scan reads per code: 2 or 4 for codes of at most 16 or 32 bits (scanned
+    /// from a narrow copy), else the file's padded words.
+    pub fn scan_bytes_per_code(&self) -> usize {
+        self.scan_codes().bytes_per_code()
+    }
+
     /// Exact search for one query (`words_for_bits(bits())` words). Runs on the calling thread;
     /// see [`search_split`](Self::search_split) to use the whole pool. Panics if the query
     /// length does not match the index.
@@ -273,7 +370,8 @@ impl CodeIndex {
         if let Some(hits) = self.try_multi_index(query, opts, LinearCost::Single) {
             return SearchResult { hits, method: SearchMethod::MultiIndex };
         }
-        SearchResult { hits: linear_search(self.codes(), query, opts), method: SearchMethod::Linear }
+        let hits = linear_search(self.scan_codes(), query, opts.k, max_distance(self.bits(), opts));
+        SearchResult { hits, method: SearchMethod::Linear }
     }
 
     /// Like [`search`](Self::search), but a linear scan is split over the rayon pool's threads
@@ -283,7 +381,8 @@ impl CodeIndex {
         if let Some(hits) = self.try_multi_index(query, opts, LinearCost::Split) {
             return SearchResult { hits, method: SearchMethod::MultiIndex };
         }
-        SearchResult { hits: linear_search_split(self.codes(), query, opts), method: SearchMethod::Linear }
+        let hits = linear_search_split(self.scan_codes(), query, opts.k, max_distance(self.bits(), opts));
+        SearchResult { hits, method: SearchMethod::Linear }
     }
 
     /// Exact search for many queries, in parallel. Under `Auto`, each query first tries
@@ -301,7 +400,9 @@ impl CodeIndex {
         };
         let rest: Vec<usize> = (0..queries.len()).filter(|&q| mih[q].is_none()).collect();
         let rest_words: Vec<u64> = rest.iter().flat_map(|&q| queries.code(q).iter().copied()).collect();
-        let mut linear = linear_search_batch(self.codes(), CodeMatrix::new(self.bits(), &rest_words), opts).into_iter();
+        let rest = CodeMatrix::new(self.bits(), &rest_words);
+        let mut linear =
+            linear_search_batch(self.scan_codes(), rest, opts.k, max_distance(self.bits(), opts)).into_iter();
         mih.into_iter()
             .map(|hits| match hits {
                 Some(hits) => SearchResult { hits, method: SearchMethod::MultiIndex },
