@@ -146,7 +146,8 @@ async fn a_lone_request_does_not_wait_for_company() {
     for seed in 0..3 {
         let answer = search_png(&client, server.url("/search"), &picture(32, 32, seed)).await;
         assert_eq!(answer.batch_images, 1);
-        assert!(answer.timings_ms.queue < 1000.0, "queued {} ms with nobody else coming", answer.timings_ms.queue);
+        // Alone, it runs the model on its own thread: it never enters the queue at all.
+        assert_eq!(answer.timings_ms.queue, 0.0, "queued {} ms with nobody else coming", answer.timings_ms.queue);
     }
     server.stop().await;
 }

@@ -5,6 +5,12 @@
 //! batching costs no latency on an idle server. The queue is bounded: at most `queue`
 //! requests may be admitted and not yet answered (waiting, collected or running); past that a
 //! request is refused at once ([`SubmitError::Full`], a 503) instead of waiting without limit.
+//!
+//! A request alone on the server (nothing queued, no batch collecting or running, no other
+//! request decoding) runs the model on its own thread instead of handing its tensor to the
+//! batching task and that task's run to the blocking pool: each hand-off wakes a sleeping thread,
+//! which on a small virtual machine costs more than the rest of the HTTP path. The runner lock
+//! keeps such a run and the batching task's from running at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,6 +91,9 @@ pub struct Batcher {
     metrics: Arc<Metrics>,
     config: BatchConfig,
     arriving: Arc<AtomicUsize>,
+    /// Held by the batching task from its first job to the end of the run, and by a lone request
+    /// running the model itself.
+    runner: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A request decoding its images, soon to be submitted; counted until dropped.
@@ -109,8 +118,9 @@ impl Batcher {
         let config = BatchConfig { max_batch: config.max_batch.max(1), queue: config.queue.max(1), ..config };
         let (tx, rx) = mpsc::channel(config.queue);
         let arriving = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(run(rx, config, Arc::clone(&metrics), Arc::clone(&arriving)));
-        Batcher { tx, places: Arc::new(Semaphore::new(config.queue)), metrics, config, arriving }
+        let runner = Arc::new(tokio::sync::Mutex::new(()));
+        tokio::spawn(run(rx, config, Arc::clone(&metrics), Arc::clone(&arriving), Arc::clone(&runner)));
+        Batcher { tx, places: Arc::new(Semaphore::new(config.queue)), metrics, config, arriving, runner }
     }
 
     /// Announces a request that will submit images once decoded; [`Batcher::encode`] takes it
@@ -140,6 +150,20 @@ impl Batcher {
         };
         self.metrics.queue_entered();
         let admission = Admission { _permit: permit, metrics: Arc::clone(&self.metrics) };
+        // Alone: this request is the only one announced, nothing is queued, and the batching task
+        // is idle (it holds the runner from its first job on).
+        let alone = self.arriving.load(Ordering::SeqCst) == 1 && self.tx.capacity() == self.tx.max_capacity();
+        if let (true, Ok(_running)) = (alone, self.runner.try_lock()) {
+            drop(arriving);
+            let started = Instant::now();
+            let codes = super::blocking(move || encoder.encode_tensor(&tensor, images))
+                .await
+                .map_err(|e| SubmitError::Inference(format!("the inference run panicked: {e}")))?
+                .map_err(|e| SubmitError::Inference(e.to_string()))?;
+            self.metrics.record_batch(images);
+            drop(admission);
+            return Ok(Encoded { codes, queue: Duration::ZERO, inference: started.elapsed(), batch_images: images });
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job { _admission: admission, encoder, tensor, images, submitted: Instant::now(), reply };
         // The channel has a place for every permit, so it is never full here.
@@ -152,7 +176,13 @@ impl Batcher {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: Arc<Metrics>, arriving: Arc<AtomicUsize>) {
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    config: BatchConfig,
+    metrics: Arc<Metrics>,
+    arriving: Arc<AtomicUsize>,
+    runner: Arc<tokio::sync::Mutex<()>>,
+) {
     // A job that could not join the previous batch (another encoder, or too many images) starts the next.
     let mut carried: Option<Job> = None;
     loop {
@@ -163,6 +193,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: Arc<Metr
                 None => return,
             },
         };
+        let _running = runner.lock().await;
         let deadline = tokio::time::Instant::now() + config.max_wait;
         let mut images = first.images;
         let mut batch = vec![first];

@@ -238,6 +238,28 @@ impl AppState {
     }
 }
 
+/// Runs a request's blocking work (decoding, a model run) and returns its result, or the panic
+/// message if it panicked. On a multi-thread runtime it runs on the request's own thread
+/// (`block_in_place` moves the thread's other tasks elsewhere), which saves waking a pool thread
+/// and then the request's thread again; otherwise on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)))
+            .map_err(|panic| panic_message(&*panic))
+    } else {
+        tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "panicked".to_string(),
+    }
+}
+
 /// The router with every route, limit and layer.
 pub fn router(state: Arc<AppState>) -> Router {
     routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(state.config.max_body))

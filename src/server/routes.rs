@@ -321,7 +321,7 @@ async fn search(State(state): Shared, request: Request) -> Result<Json<SearchRes
             let limits = state.config.decode_limits;
             let numbered = uploads.len() > 1;
             let arriving = state.batcher.arriving();
-            let (tensor, n, decode, preprocess) = tokio::task::spawn_blocking(move || {
+            let (tensor, n, decode, preprocess) = super::blocking(move || {
                 let t0 = Instant::now();
                 let mut images = Vec::with_capacity(uploads.len());
                 for (i, bytes) in uploads.iter().enumerate() {
