@@ -7,6 +7,8 @@
 #   - writes .venv/hashsrv.env, which the other scripts source to find both libraries.
 # Nothing here downloads a binary outside the package registries.
 set -euo pipefail
+# ONNX Runtime's usage telemetry, also from the Python package this script imports: off.
+export ORT_DISABLE_TELEMETRY=1
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
@@ -78,6 +80,8 @@ export LIBTORCH_USE_PYTORCH=1
 export LIBTORCH_BYPASS_VERSION_CHECK=0
 export PATH="$root/target/release:$VENV/bin:\$PATH"
 export ORT_DYLIB_PATH="$ort_dylib"
+# ONNX Runtime 1.29+ sends usage telemetry from Linux too; this is its only full opt-out.
+export ORT_DISABLE_TELEMETRY=1
 export LD_LIBRARY_PATH="$torch_lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 ENV
 say "ready: torch $TORCH_VERSION, $ort_pkg $ORT_VERSION ($ort_dylib)"

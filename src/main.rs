@@ -40,6 +40,13 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // ONNX Runtime 1.29+ sends usage telemetry from Linux too (model metadata and run counts, to
+    // mobile.events.data.microsoft.com). Its only full opt-out is this variable, read once when the
+    // library starts, so it is set here, before any thread exists, unless the user set it.
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        // SAFETY: the process has one thread so far; nothing reads the environment concurrently.
+        unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    }
     let cli = Cli::parse();
     cli::init_logging();
     let result = match cli.command {

@@ -5,6 +5,12 @@
 //! (`.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.<version>`, looked for
 //! beside the executable's ancestors and the working directory's), so a user who ran
 //! `scripts/setup.sh` sets nothing.
+//!
+//! Telemetry: Microsoft's ONNX Runtime builds (1.29 and later) send usage events from Linux as
+//! well. The environment turns runtime events off (`with_telemetry(false)`), but the only full
+//! opt-out is `ORT_DISABLE_TELEMETRY=1` in the environment before the library loads: the
+//! `hashsrv` binary sets it at start, and `.venv/hashsrv.env` exports it for the scripts and
+//! tests. A program embedding this library should set it too.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -74,7 +80,8 @@ pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeEr
         let path = find_dylib()?;
         let builder =
             ort::init_from(&path).map_err(|e| RuntimeError::Load { path: path.clone(), message: e.to_string() })?;
-        builder.with_name("hashsrv").build().map_err(|e| RuntimeError::Environment(e.to_string()))
+        // See the module docs: this stops runtime events; ORT_DISABLE_TELEMETRY stops the rest.
+        builder.with_name("hashsrv").with_telemetry(false).build().map_err(|e| RuntimeError::Environment(e.to_string()))
     })
     .as_ref()
     .map_err(Clone::clone)

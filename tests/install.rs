@@ -68,3 +68,15 @@ fn the_project_venv_is_found_without_configuration() {
     assert!(stdout.contains("libonnxruntime.so.1.31.1 (loaded)"), "{stdout}");
     assert!(stdout.contains("execution providers: CPU"), "{stdout}");
 }
+
+/// ONNX Runtime's usage telemetry is off in the binary even when the user's environment says
+/// nothing, and a user's explicit choice is kept.
+#[test]
+fn onnxruntime_telemetry_is_off_unless_the_user_turns_it_on() {
+    let out = Command::new(HASHSRV).arg("doctor").env_remove("ORT_DISABLE_TELEMETRY").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "doctor failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("onnxruntime telemetry: off"), "{stdout}");
+    let out = Command::new(HASHSRV).arg("doctor").env("ORT_DISABLE_TELEMETRY", "0").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("onnxruntime telemetry: ON"));
+}

@@ -6,14 +6,19 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-/// Runs `hashsrv doctor`: loads ONNX Runtime, lists its execution providers, looks for the
-/// default data set and the trainer. Fails when ONNX Runtime cannot be loaded.
+/// Runs `hashsrv doctor`: loads ONNX Runtime, lists its execution providers, says whether its
+/// telemetry is off, looks for the default data set and the trainer. Fails when ONNX Runtime cannot be loaded.
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     let path = crate::onnxruntime::find_dylib()?;
     crate::onnxruntime::environment()?;
     println!("onnxruntime: {} (loaded)", path.display());
     let cuda = <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available()?;
     println!("execution providers: CPU{}", if cuda { ", CUDA" } else { "" });
+    let telemetry = std::env::var("ORT_DISABLE_TELEMETRY").unwrap_or_default();
+    println!(
+        "onnxruntime telemetry: {}",
+        if telemetry == "1" { "off (ORT_DISABLE_TELEMETRY=1)" } else { "ON (set ORT_DISABLE_TELEMETRY=1 to stop it)" }
+    );
     let fmnist = std::path::Path::new("/usr/share/datasets/fashion-mnist");
     println!(
         "fashion-mnist: {}",
