@@ -32,6 +32,10 @@ pub struct EncoderOptions {
     pub device: Device,
     /// ONNX Runtime intra-op threads; `None` lets ONNX Runtime choose (one per core).
     pub intra_threads: Option<usize>,
+    /// Whether ONNX Runtime's intra-op threads spin between runs instead of sleeping; `None`
+    /// keeps its default (they spin). Spinning saves a wake-up per run but holds a core that a
+    /// server's own decoding and HTTP work could use.
+    pub intra_spinning: Option<bool>,
 }
 
 /// What the encoder knows about its model.
@@ -293,6 +297,9 @@ fn commit(
     let mut builder = Session::builder(env).map_err(|e| load(e.to_string()))?;
     if let Some(threads) = options.intra_threads {
         builder = builder.with_intra_threads(threads.max(1)).map_err(|e| load(e.to_string()))?;
+    }
+    if let Some(spinning) = options.intra_spinning {
+        builder = builder.with_intra_op_spinning(spinning).map_err(|e| load(e.to_string()))?;
     }
     let provider = match cuda {
         Some(device) => {

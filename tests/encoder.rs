@@ -15,7 +15,7 @@ fn model(name: &str) -> PathBuf {
 }
 
 fn options() -> EncoderOptions {
-    EncoderOptions { device: Device::Cpu, intra_threads: Some(1) }
+    EncoderOptions { device: Device::Cpu, intra_threads: Some(1), ..EncoderOptions::default() }
 }
 
 #[derive(Deserialize)]
@@ -138,13 +138,17 @@ fn the_index_check_compares_bits_and_hash() {
 #[test]
 fn auto_device_falls_back_to_the_cpu() {
     let auto =
-        Encoder::open(&model("tiny.onnx"), &EncoderOptions { device: Device::Auto, intra_threads: None }).unwrap();
+        Encoder::open(&model("tiny.onnx"), &EncoderOptions { device: Device::Auto, ..EncoderOptions::default() })
+            .unwrap();
     let cuda_available = <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available().unwrap_or(false);
     if !cuda_available {
         assert_eq!(auto.info().provider, "CPUExecutionProvider");
         // Asked for explicitly, a missing CUDA is an error, not a silent CPU run.
-        let err = Encoder::open(&model("tiny.onnx"), &EncoderOptions { device: Device::Cuda(0), intra_threads: None })
-            .unwrap_err();
+        let err = Encoder::open(
+            &model("tiny.onnx"),
+            &EncoderOptions { device: Device::Cuda(0), ..EncoderOptions::default() },
+        )
+        .unwrap_err();
         assert!(matches!(err, EncoderError::Cuda { device: 0, .. }), "{err}");
     }
 }

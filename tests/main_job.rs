@@ -94,9 +94,21 @@ fn train_export_index_evaluate_and_search_over_http() {
     assert!(report.join("pr_curve.svg").is_file());
 
     // Serve, then search with a training image as a PNG upload: its code must be the one the
-    // trainer indexed for it (up to an output at the sign boundary), so it is found near 0.
+    // trainer indexed for it (up to an output at the sign boundary), so it is found near 0. ONNX
+    // Runtime's threads sleep between runs here, the setting for loaded servers.
     let mut child = hashsrv()
-        .args(["serve", "--addr", "127.0.0.1:0", "--threads", "1", "--dataset", "fashion-mnist", "--data"])
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--ort-spinning",
+            "off",
+            "--dataset",
+            "fashion-mnist",
+        ])
+        .arg("--data")
         .arg(FASHION_MNIST)
         .arg("--model")
         .arg(&model)

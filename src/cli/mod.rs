@@ -79,7 +79,11 @@ pub struct ModelRunArgs {
 impl ModelRunArgs {
     /// Opens `model` on the chosen device.
     pub(crate) fn open(&self, model: &std::path::Path) -> anyhow::Result<crate::encoder::Encoder> {
-        let options = crate::encoder::EncoderOptions { device: self.device, intra_threads: self.threads };
+        let options = crate::encoder::EncoderOptions {
+            device: self.device,
+            intra_threads: self.threads,
+            ..crate::encoder::EncoderOptions::default()
+        };
         Ok(crate::encoder::Encoder::open(model, &options)?)
     }
 }

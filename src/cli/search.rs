@@ -74,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if !args.images.is_empty() {
         let model = args.model.as_deref().context("image queries need --model (the model the index was built with)")?;
-        let encoder = Encoder::open(model, &EncoderOptions { device: args.device, intra_threads: None })?;
+        let encoder = Encoder::open(model, &EncoderOptions { device: args.device, ..EncoderOptions::default() })?;
         encoder.check_against_index(&index, args.allow_model_mismatch)?;
         let images = args
             .images

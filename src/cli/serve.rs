@@ -12,6 +12,13 @@ use crate::encoder::{Device, EncoderOptions};
 use crate::server::batcher::BatchConfig;
 use crate::server::{AppState, ServerConfig, serve, shutdown_signal};
 
+/// ONNX Runtime's intra-op threads between runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Spinning {
+    On,
+    Off,
+}
+
 /// Flags of `hashsrv serve`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
@@ -51,6 +58,11 @@ pub struct Args {
     /// ONNX Runtime intra-op threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Whether ONNX Runtime's threads spin between runs (its default) or sleep. Sleeping frees
+    /// the cores for decoding under concurrent load (more requests/s on small machines) but
+    /// adds a wake-up to each lone request (see BENCHMARKS.md, "Server").
+    #[arg(long, value_enum, default_value_t = Spinning::On)]
+    pub ort_spinning: Spinning,
     /// Where to run the model: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: Device,
@@ -78,7 +90,11 @@ pub struct Args {
 /// Runs `hashsrv serve` until ctrl-c or SIGTERM, then drains the requests in flight.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(args.model, args.index);
-    config.encoder = EncoderOptions { device: args.device, intra_threads: args.threads };
+    config.encoder = EncoderOptions {
+        device: args.device,
+        intra_threads: args.threads,
+        intra_spinning: Some(args.ort_spinning == Spinning::On),
+    };
     config.allow_model_mismatch = args.allow_model_mismatch;
     config.batch = BatchConfig {
         max_batch: args.max_batch as usize,

@@ -29,7 +29,7 @@ fn assert_index_matches_onnx(out: &Path, bits: usize, limit_train: usize, val_fr
     assert_eq!(index.bits() as usize, bits);
     let encoder = hashsrv::encoder::Encoder::open(
         &out.join("model.onnx"),
-        &hashsrv::encoder::EncoderOptions { device: hashsrv::encoder::Device::Cpu, intra_threads: None },
+        &hashsrv::encoder::EncoderOptions { device: hashsrv::encoder::Device::Cpu, ..Default::default() },
     )
     .unwrap();
     let options = hashsrv::dataset::OpenOptions {
