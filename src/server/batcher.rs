@@ -8,9 +8,9 @@
 //!
 //! A request alone on the server (nothing queued, no batch collecting or running, no other
 //! request decoding) runs the model on its own thread instead of handing its tensor to the
-//! batching task and that task's run to the blocking pool: each hand-off wakes a sleeping thread,
-//! which on a small virtual machine costs more than the rest of the HTTP path. The runner lock
-//! keeps such a run and the batching task's from running at once.
+//! batching task: each hand-off wakes a sleeping thread, which on a small virtual machine costs
+//! more than the rest of the HTTP path. Both run the model through `infer`; the runner lock keeps
+//! such a run and the batching task's from running at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -156,11 +156,7 @@ impl Batcher {
         if let (true, Ok(_running)) = (alone, self.runner.try_lock()) {
             drop(arriving);
             let started = Instant::now();
-            let codes = super::blocking(move || encoder.encode_tensor(&tensor, images))
-                .await
-                .map_err(|e| SubmitError::Inference(format!("the inference run panicked: {e}")))?
-                .map_err(|e| SubmitError::Inference(e.to_string()))?;
-            self.metrics.record_batch(images);
+            let codes = infer(encoder, tensor, images, &self.metrics).await.map_err(SubmitError::Inference)?;
             drop(admission);
             return Ok(Encoded { codes, queue: Duration::ZERO, inference: started.elapsed(), batch_images: images });
         }
@@ -220,28 +216,16 @@ async fn run(
 }
 
 /// Runs one batch off the async threads and answers each job with its slice of the codes.
-async fn run_batch(batch: Vec<Job>, images: usize, metrics: &Metrics) {
+async fn run_batch(mut batch: Vec<Job>, images: usize, metrics: &Metrics) {
     let started = Instant::now();
     let encoder = Arc::clone(&batch[0].encoder);
     let tensor: Vec<f32> = if batch.len() == 1 {
-        Vec::new() // the single job's own tensor is used below, no copy
+        std::mem::take(&mut batch[0].tensor) // the single job's own tensor, no copy
     } else {
         batch.iter().flat_map(|job| job.tensor.iter().copied()).collect()
     };
-    let joined = tokio::task::spawn_blocking(move || {
-        let input = if batch.len() == 1 { &batch[0].tensor } else { &tensor };
-        let result = encoder.encode_tensor(input, images);
-        (batch, result)
-    })
-    .await;
-    // A panic inside ONNX Runtime's wrapper drops the batch's reply channels (its requests fail
-    // with a 500) but must not end the batching task.
-    let Ok((batch, result)) = joined else {
-        tracing::error!("the inference task of a batch of {images} images panicked");
-        return;
-    };
+    let result = infer(encoder, tensor, images, metrics).await;
     let inference = started.elapsed();
-    metrics.record_batch(images);
     match result {
         Ok(codes) => {
             let mut codes = codes.into_iter();
@@ -251,12 +235,27 @@ async fn run_batch(batch: Vec<Job>, images: usize, metrics: &Metrics) {
                 let _ = job.reply.send(Ok(Encoded { codes: mine, queue, inference, batch_images: images }));
             }
         }
-        Err(e) => {
-            tracing::error!("inference failed on a batch of {images} images: {e}");
-            let message = e.to_string();
+        Err(message) => {
+            tracing::error!("inference failed on a batch of {images} images: {message}");
             for job in batch {
                 let _ = job.reply.send(Err(SubmitError::Inference(message.clone())));
             }
         }
     }
+}
+
+/// One model run of `images` preprocessed images, for the batching task and for a lone request
+/// alike; counts the run unless it panicked. A panic inside ONNX Runtime's wrapper becomes an
+/// error for the run's requests (a 500) and ends neither the batching task nor the server.
+async fn infer(
+    encoder: Arc<Encoder>,
+    tensor: Vec<f32>,
+    images: usize,
+    metrics: &Metrics,
+) -> Result<Vec<HashCode>, String> {
+    let result = super::blocking(move || encoder.encode_tensor(&tensor, images))
+        .await
+        .map_err(|e| format!("the inference run panicked: {e}"))?;
+    metrics.record_batch(images);
+    result.map_err(|e| e.to_string())
 }
