@@ -71,6 +71,11 @@ def ours(binary, codes_path, queries_path, bits, k, threads, mode, method, radiu
     return json.loads(out.strip().splitlines()[-1])
 
 
+def ratio(a, b, digits=1):
+    """a / b for a table cell; CPU time is counted in ticks, so b may be 0 on a very short run."""
+    return f"{a / b:.{digits}f}" if b > 0 else "n/a"
+
+
 def best_time(fn, repeats=3):
     """Best wall time and best CPU time (all threads) of `repeats` runs after a warm-up."""
     fn()
@@ -139,7 +144,7 @@ def main():
                         print(f"| {kind} | {bits} | {a.n} | {k} | {threads} | {our_mode} | {len(qq)} | "
                               f"{1e3 * t / len(qq):.3f} | {1e3 * r['seconds_per_query']:.3f} | "
                               f"{t / len(qq) / r['seconds_per_query']:.1f}x | {1e3 * cpu / len(qq):.3f} | "
-                              f"{1e3 * r['cpu_seconds_per_query']:.3f} | {cpu / len(qq) / r['cpu_seconds_per_query']:.1f}x | "
+                              f"{1e3 * r['cpu_seconds_per_query']:.3f} | {ratio(cpu / len(qq), r['cpu_seconds_per_query'])}x | "
                               f"{r['codes_per_second_per_core'] / 1e9:.2f}e9 | "
                               f"{r['gb_per_second']:.1f} | {same} |", flush=True)
     if a.flat_only:
@@ -194,7 +199,7 @@ def planner(a, tmp, rng):
                 auto = ours(a.binary, cp, qp, bits, k, 1, "single", "auto", radius=radius)
                 print(f"| {kind} | {bits} | {a.n} | {k} | {radius if radius is not None else '-'} | "
                       f"{1e3 * scan['cpu_seconds_per_query']:.3f} | {1e3 * auto['cpu_seconds_per_query']:.3f} | "
-                      f"{auto['cpu_seconds_per_query'] / scan['cpu_seconds_per_query']:.2f} | "
+                      f"{ratio(auto['cpu_seconds_per_query'], scan['cpu_seconds_per_query'], 2)} | "
                       f"{auto['mih_used_of_first_50']} | {auto['distances'] == scan['distances']} |", flush=True)
 
 

@@ -106,7 +106,9 @@ impl Kernel {
 }
 
 /// One code of at most 32 bits in a narrow integer, its bits in the low end.
-pub(crate) trait Lane: Copy + Ord + Send + Sync + Into<u32> + std::ops::BitXor<Output = Self> {
+pub(crate) trait Lane:
+    Copy + Ord + Send + Sync + Into<u32> + TryFrom<u32> + std::ops::BitXor<Output = Self>
+{
     const MAX: Self;
     /// The popcount, in the lane's own width so that a vector of lanes stays one vector.
     fn ones(self) -> Self;
@@ -209,17 +211,22 @@ fn scan_lanes<L: Lane>(query: L, codes: &[L], out: &mut [L], first: usize, top: 
 }
 
 /// Feeds `top` the codes whose distance in `out` is below its threshold. Once the threshold is
-/// tight a block holds few of them, so pieces whose minimum is not below it are skipped whole.
+/// tight a block holds few of them, so each piece of 64 is first reduced to a bit mask of its
+/// distances below the threshold (one vector compare under AVX-512 or AVX2), and only the set
+/// bits are visited; each is checked again, since every push may lower the threshold.
 #[inline(always)]
-fn push_hits<D: Copy + Ord + Into<u32>>(out: &[D], first: usize, top: &mut TopK) {
-    const PIECE: usize = 32;
+fn push_hits<D: Lane>(out: &[D], first: usize, top: &mut TopK) {
+    const PIECE: usize = 64;
     for (p, piece) in out.chunks(PIECE).enumerate() {
-        let min = piece.iter().fold(piece[0], |a, &b| a.min(b));
-        if min.into() < top.threshold() {
-            for (j, &d) in piece.iter().enumerate() {
-                if d.into() < top.threshold() {
-                    top.push_in_order(d.into(), first + p * PIECE + j);
-                }
+        // A threshold beyond the lane's range admits every distance the lane can hold.
+        let t = D::try_from(top.threshold()).unwrap_or(D::MAX);
+        let mut below = piece.iter().enumerate().fold(0u64, |mask, (j, &d)| mask | (u64::from(d < t) << j));
+        while below != 0 {
+            let j = below.trailing_zeros() as usize;
+            below &= below - 1;
+            let d = piece[j].into();
+            if d < top.threshold() {
+                top.push_in_order(d, first + p * PIECE + j);
             }
         }
     }

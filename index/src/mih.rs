@@ -30,8 +30,8 @@ const MIN_AUTO_ITEMS: usize = 50_000;
 /// the buckets and candidates it really visits) before the search gives up and scans; so `Auto`
 /// is at most about this much slower than the scan alone.
 const AUTO_BUDGET_FRACTION: f64 = 0.05;
-/// Cost model, nanoseconds: scanning 8 bytes of codes (single query, one core; and per query in a
-/// cache-blocked batch), probing one bucket, and checking one candidate (a random access to its
+/// Cost model, nanoseconds: scanning 8 bytes of codes (single query, one core, until the index
+/// has timed its own scans; and per query in a cache-blocked batch), probing one bucket, and checking one candidate (a random access to its
 /// code). Measured on the 2-vCPU AVX2 machine of BENCHMARKS.md with 1M codes: the scans at
 /// 0.35-0.45 ns per 8 bytes; 20 forced multi-index searches of uniform 64-bit codes (1.09M probes,
 /// 0.35M candidates, 92.9 ms) and 50 of 32-bit codes (11k probes, 168k candidates, 13.1 ms) solve
@@ -255,10 +255,13 @@ impl CodeIndex {
                 }
                 // In 64-bit words' worth of bytes: short codes are scanned from narrow lanes.
                 let words = (self.len() * self.scan_codes().bytes_per_code()) as f64 / 8.0;
+                // The single scan's cost as measured on this machine once a scan has run; the
+                // other scans in proportion to it.
+                let per_word = self.scan_ns_per_word().unwrap_or(SCAN_NS_PER_WORD);
                 let scan_ns = match scan {
-                    LinearCost::Single => words * SCAN_NS_PER_WORD,
-                    LinearCost::Split => words * SCAN_NS_PER_WORD / rayon::current_num_threads() as f64,
-                    LinearCost::Batch => words * BATCH_SCAN_NS_PER_WORD,
+                    LinearCost::Single => words * per_word,
+                    LinearCost::Split => words * per_word / rayon::current_num_threads() as f64,
+                    LinearCost::Batch => words * per_word * BATCH_SCAN_NS_PER_WORD / SCAN_NS_PER_WORD,
                 };
                 AUTO_BUDGET_FRACTION * scan_ns
             }

@@ -68,6 +68,9 @@ pub struct CodeIndex {
     pub(crate) multi_index: OnceLock<Option<MultiIndex>>,
     /// Codes of at most 32 bits in narrow lanes, for the scan (see `search::NarrowCodes`).
     pub(crate) narrow_codes: OnceLock<Option<NarrowCodes>>,
+    /// The planner's measured cost of a single-query scan, nanoseconds per 8 bytes of codes, as
+    /// `f64` bits (0 until a scan has been timed; see `search::ScanSpeed`).
+    pub(crate) scan_ns_per_word: std::sync::atomic::AtomicU64,
 }
 
 impl CodeIndex {
@@ -112,7 +115,14 @@ impl CodeIndex {
         check_paths(offsets, section(Section::PathBytes))?;
         let metadata =
             serde_json::from_slice(section(Section::Metadata)).map_err(|e| IndexError::Metadata(e.to_string()))?;
-        Ok(CodeIndex { backing, layout, metadata, multi_index: OnceLock::new(), narrow_codes: OnceLock::new() })
+        Ok(CodeIndex {
+            backing,
+            layout,
+            metadata,
+            multi_index: OnceLock::new(),
+            narrow_codes: OnceLock::new(),
+            scan_ns_per_word: Default::default(),
+        })
     }
 
     fn section(&self, s: Section) -> &[u8] {

@@ -5,6 +5,9 @@
 //! Results are exact and deterministic: hits are ordered by (distance, position) and the first
 //! `k` are returned, so ties at the k-th distance go to the items stored first.
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use rayon::prelude::*;
 
 use crate::code::CodeMatrix;
@@ -176,6 +179,8 @@ impl TopK {
     }
 
     pub(crate) fn into_hits(mut self) -> Vec<Hit> {
+        // The buffer may hold up to `cap` candidates: select the best k first, sort only those.
+        self.shrink();
         self.buf.sort_unstable();
         self.buf.truncate(self.k);
         let mask = (1u64 << POSITION_BITS) - 1;
@@ -370,8 +375,33 @@ impl CodeIndex {
         if let Some(hits) = self.try_multi_index(query, opts, LinearCost::Single) {
             return SearchResult { hits, method: SearchMethod::MultiIndex };
         }
+        let started = Instant::now();
         let hits = linear_search(self.scan_codes(), query, opts.k, max_distance(self.bits(), opts));
+        self.record_scan(started.elapsed());
         SearchResult { hits, method: SearchMethod::Linear }
+    }
+
+    /// Folds the time of a single-query scan into the planner's measured scan cost. The cost
+    /// model's constants come from one machine; the same scan ran 4 times faster on another,
+    /// where the fixed constants let multi-index hashing overspend its share by as much.
+    fn record_scan(&self, elapsed: Duration) {
+        let words = (self.len() * self.scan_codes().bytes_per_code()) as f64 / 8.0;
+        if words < 1.0 {
+            return;
+        }
+        let sample = elapsed.as_nanos() as f64 / words;
+        let smoothed = match self.scan_ns_per_word() {
+            Some(old) => 0.75 * old + 0.25 * sample,
+            None => sample,
+        };
+        self.scan_ns_per_word.store(smoothed.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The measured cost of a single-query scan, nanoseconds per 8 bytes of codes, once a scan
+    /// has been timed (concurrent updates may overwrite each other: it is an estimate).
+    pub(crate) fn scan_ns_per_word(&self) -> Option<f64> {
+        let bits = self.scan_ns_per_word.load(Ordering::Relaxed);
+        (bits != 0).then(|| f64::from_bits(bits))
     }
 
     /// Like [`search`](Self::search), but a linear scan is split over the rayon pool's threads
@@ -418,4 +448,32 @@ pub(crate) enum LinearCost {
     Single,
     Split,
     Batch,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IndexMetadata, IndexWriter};
+
+    #[test]
+    fn single_query_scans_set_the_planners_scan_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("codes.hidx");
+        let mut writer = IndexWriter::create(&path, 64, IndexMetadata::default()).unwrap();
+        for i in 0..20_000u64 {
+            writer.push(&[i.wrapping_mul(0x9E37_79B9_7F4A_7C15)], 0, i, "").unwrap();
+        }
+        writer.finish().unwrap();
+        let index = CodeIndex::open(&path).unwrap();
+        assert_eq!(index.scan_ns_per_word(), None, "nothing timed before the first scan");
+        let opts = SearchOptions { k: 10, radius: None, method: SearchMethod::Linear };
+        index.search(&[0], &opts);
+        let first = index.scan_ns_per_word().expect("the scan was timed");
+        assert!(first.is_finite() && first > 0.0, "{first}");
+        // Later scans move the estimate a quarter of the way towards their own time.
+        index.scan_ns_per_word.store(1e6f64.to_bits(), Ordering::Relaxed);
+        index.search(&[0], &opts);
+        let moved = index.scan_ns_per_word().unwrap();
+        assert!((0.75e6..1e6).contains(&moved), "{moved}");
+    }
 }
