@@ -1,8 +1,9 @@
 //! `hashsrv-train` as a library: the hash network (ResNet-18 + FC + tanh) and its ONNX export,
-//! the triplet loss, the P x K sampler, the parallel loader, checkpoints, the training run and
-//! its frozen-trunk mode.
+//! the triplet loss, the P x K sampler, the parallel loader, checkpoints, the training run, its
+//! frozen-trunk mode and its time budget.
 //! The binary (`main.rs`) is only the command line.
 
+pub mod budget;
 pub mod checkpoint;
 pub mod frozen;
 pub mod loader;

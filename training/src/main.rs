@@ -69,8 +69,13 @@ struct Args {
     /// Classes per batch (P of the P x K sampler).
     #[arg(long, default_value_t = 10)]
     classes_per_batch: usize,
+    /// Epochs to train (with --time-budget, the most it may take).
     #[arg(long, default_value_t = 10)]
     epochs: u64,
+    /// Train as many whole epochs (at most --epochs) as fit in this many seconds on this
+    /// machine, measured by a few timed steps before the run (needs --schedule cosine).
+    #[arg(long, value_name = "SECONDS")]
+    time_budget: Option<f64>,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: Device,
@@ -157,6 +162,7 @@ impl Args {
             batch: self.batch,
             classes_per_batch: self.classes_per_batch,
             epochs: self.epochs,
+            time_budget: self.time_budget,
             device: self.ngpu.map_or(self.device, Device::from_ngpu),
             limit_train: self.limit_train,
             limit_test: self.limit_test,

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+use crate::budget::{self, BudgetPlan};
 use crate::checkpoint::{CheckpointError, CheckpointInfo, Checkpoints, write_atomically};
 use crate::frozen::FrozenTrunk;
 use crate::loader::{LoadError, Loader, Transform, sequential_batches};
@@ -79,7 +80,7 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    fn build(self, vs: &nn::VarStore, config: &TrainConfig) -> Result<nn::Optimizer, tch::TchError> {
+    pub(crate) fn build(self, vs: &nn::VarStore, config: &TrainConfig) -> Result<nn::Optimizer, tch::TchError> {
         match self {
             Optimizer::Sgd => {
                 nn::Sgd { momentum: config.momentum, dampening: 0.0, wd: config.weight_decay, nesterov: false }
@@ -134,7 +135,12 @@ pub struct TrainConfig {
     /// Images per batch: `classes_per_batch` x (`batch / classes_per_batch`).
     pub batch: usize,
     pub classes_per_batch: usize,
+    /// Epochs of the run; with `time_budget`, the most it may take.
     pub epochs: u64,
+    /// Seconds of training (epochs and their validation) to fit the epoch count into, measured
+    /// on this machine before the run (see [`crate::budget`]); `None` runs `epochs` epochs.
+    #[serde(default)]
+    pub time_budget: Option<f64>,
     pub device: hashsrv::device::Device,
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
@@ -220,6 +226,25 @@ impl TrainConfig {
         let positive = |x: f64| x > 0.0 && x.is_finite();
         if !positive(self.lr) || !positive(self.margin) {
             return fail(format!("--lr ({}) and --margin ({}) must be positive", self.lr, self.margin));
+        }
+        if let Some(seconds) = self.time_budget {
+            if !positive(seconds) {
+                return fail(format!("--time-budget must be a positive number of seconds, got {seconds}"));
+            }
+            if self.freeze_trunk {
+                return fail(
+                    "--time-budget sizes full training; a --freeze-trunk run takes seconds an epoch: \
+                             give --epochs alone"
+                        .into(),
+                );
+            }
+            if self.schedule == Schedule::Step {
+                return fail(
+                    "--time-budget chooses the epoch count, which the step schedule's --lr-step was \
+                             set from: use --schedule cosine"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }
@@ -307,6 +332,9 @@ pub struct Metrics {
     pub evaluations: Vec<Evaluation>,
     /// Epoch and validation mAP of the checkpoint kept as `best`.
     pub best: Option<(u64, f64)>,
+    /// How `--time-budget` chose the epoch count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_budget: Option<BudgetPlan>,
 }
 
 /// What a finished run produced.
@@ -344,27 +372,6 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
     let fit: Arc<[Item]> = data.split(Split::Fit).into();
     let val: Arc<[Item]> = data.split(Split::Val).into();
     tracing::info!(fit = fit.len(), val = val.len(), train = data.split(Split::Train).len(), "data set opened");
-    let config_json = serde_json::to_value(config).map_err(|e| TrainError::Config(e.to_string()))?;
-    write_json(&out.join("config.json"), &config_json)?;
-
-    tch::manual_seed(config.seed as i64);
-    let mut vs = nn::VarStore::new(device);
-    let net = HashNet::new(&vs.root(), &config.model_config())?;
-    let checkpoints = Checkpoints::create(out)?;
-    let mut metrics = Metrics { device: format!("{device:?}"), ..Metrics::default() };
-    let mut start_epoch = 0;
-    if config.resume && checkpoints.info("last")?.is_some() {
-        start_epoch = resume(config, &checkpoints, &mut vs, &mut metrics)?;
-        metrics.device = format!("{device:?}");
-    } else if config.resume {
-        tracing::info!(dir = %checkpoints.dir().display(), "no checkpoint to resume from: starting from scratch");
-    }
-    if start_epoch == 0
-        && let Some(path) = &config.pretrained
-    {
-        load_pretrained(&mut vs, config, path)?;
-    }
-
     let labels: Vec<u32> = fit.iter().map(|item| item.label).collect();
     let sampler =
         PkSampler::new(&labels, config.classes_per_batch, config.batch / config.classes_per_batch, config.seed)?;
@@ -372,8 +379,58 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
         .then(|| (HashCentres::new(data.class_names().len(), config.bits, config.seed), config.centres));
     let loss_fn =
         TripletLoss { strategy: config.strategy, margin: config.margin, quantization: config.quantization, centres };
-    let mut optimizer = config.optimizer.build(&vs, config)?;
     let preprocess = config.preprocess();
+    let checkpoints = Checkpoints::create(out)?;
+    let resuming = config.resume && checkpoints.info("last")?.is_some();
+
+    // The epoch count of a budgeted run is measured once: a resumed run keeps the count its
+    // schedule was laid out over.
+    let mut budget_plan = None;
+    let config = &match config.time_budget {
+        Some(_) if resuming => {
+            let saved = checkpoints.info("last")?.map(|info| info.config);
+            let epochs = saved.as_ref().and_then(|c| c.get("epochs")).and_then(serde_json::Value::as_u64);
+            TrainConfig { epochs: epochs.unwrap_or(config.epochs), ..config.clone() }
+        }
+        Some(seconds) => {
+            let plan = budget::plan(config, seconds, &fit, &val, &sampler, &loss_fn, &preprocess, device)?;
+            tracing::info!(
+                budget_seconds = seconds,
+                step_seconds = plan.step_seconds,
+                epoch_seconds = plan.epoch_seconds,
+                epochs = plan.epochs,
+                "time budget: epochs chosen from this machine's measured speed"
+            );
+            let config = TrainConfig { epochs: plan.epochs, ..config.clone() };
+            budget_plan = Some(plan);
+            config
+        }
+        None => config.clone(),
+    };
+    let config_json = serde_json::to_value(config).map_err(|e| TrainError::Config(e.to_string()))?;
+    write_json(&out.join("config.json"), &config_json)?;
+
+    tch::manual_seed(config.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let net = HashNet::new(&vs.root(), &config.model_config())?;
+    let mut metrics = Metrics { device: format!("{device:?}"), ..Metrics::default() };
+    let mut start_epoch = 0;
+    if resuming {
+        start_epoch = resume(config, &checkpoints, &mut vs, &mut metrics)?;
+        metrics.device = format!("{device:?}");
+    } else if config.resume {
+        tracing::info!(dir = %checkpoints.dir().display(), "no checkpoint to resume from: starting from scratch");
+    }
+    if budget_plan.is_some() {
+        metrics.time_budget = budget_plan;
+    }
+    if start_epoch == 0
+        && let Some(path) = &config.pretrained
+    {
+        load_pretrained(&mut vs, config, path)?;
+    }
+
+    let mut optimizer = config.optimizer.build(&vs, config)?;
     let frozen = match config.freeze_trunk {
         true => Some(FrozenTrunk::compute(config, &mut vs, &net, &data, &preprocess, device)?),
         false => None,

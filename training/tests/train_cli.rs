@@ -162,6 +162,59 @@ fn short_run_writes_its_artefacts_and_resumes() {
 }
 
 #[test]
+fn a_time_budget_sets_the_epoch_count_from_the_measured_speed() {
+    let common = ["--limit-train", "200", "--bits", "16", "--input-size", "32", "--stem", "imagenet", "--threads", "2"];
+    let common = [&common[..], &["--val-fraction", "0.3"]].concat();
+    let cosine = [&common[..], &["--schedule", "cosine"]].concat();
+    let epochs_of = |out: &Path| -> Vec<u64> {
+        let metrics = json(&out.join("metrics.json"));
+        metrics["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect()
+    };
+
+    // Far less time than one epoch: one epoch all the same.
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    let output = train(&short, &[&cosine[..], &["--time-budget", "0.001", "--epochs", "3"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("time budget"), "{stderr}");
+    assert_eq!(epochs_of(&short), vec![1], "{stderr}");
+    let plan = &json(&short.join("metrics.json"))["time_budget"];
+    assert_eq!(plan["epochs"], 1);
+    assert_eq!(plan["seconds"], 0.001);
+    let (step, epoch) = (plan["step_seconds"].as_f64().unwrap(), plan["epoch_seconds"].as_f64().unwrap());
+    // 140 fit images are 2 batches of 80, plus the validation pass: more than 2 steps' time.
+    assert!(step > 0.0 && epoch > 2.0 * step, "{plan}");
+    assert_eq!(json(&short.join("config.json"))["epochs"], 1, "config.json holds the chosen count");
+
+    // More time than --epochs needs: --epochs caps the count.
+    let long = dir.path().join("long");
+    let output = train(&long, &[&cosine[..], &["--time-budget", "100000", "--epochs", "2"]].concat());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(epochs_of(&long), vec![1, 2]);
+    assert_eq!(json(&long.join("metrics.json"))["time_budget"]["epochs"], 2);
+
+    // A resumed run keeps the count its schedule was laid out over instead of measuring again.
+    let output = train(&long, &[&cosine[..], &["--time-budget", "100000", "--epochs", "5", "--resume"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("resumed"), "{stderr}");
+    assert!(!stderr.contains("epochs chosen"), "{stderr}");
+    assert_eq!(epochs_of(&long), vec![1, 2], "{stderr}");
+
+    // Budgets that cannot work are refused before any work.
+    for (extra, message) in [
+        (&["--time-budget", "0", "--schedule", "cosine"][..], "positive number of seconds"),
+        (&["--time-budget", "60", "--schedule", "step"][..], "--schedule cosine"),
+    ] {
+        let out = dir.path().join("refused");
+        let output = train(&out, &[&common[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(message), "{extra:?}: {stderr}");
+        assert!(!out.join("config.json").exists(), "{extra:?}");
+    }
+}
+
+#[test]
 fn cuda_without_a_gpu_is_a_clear_error() {
     if tch::Cuda::is_available() {
         return; // the request is legitimate on a machine with a GPU
