@@ -69,7 +69,7 @@ pub struct CodeIndex {
     /// Codes of at most 32 bits in narrow lanes, for the scan (see `search::NarrowCodes`).
     pub(crate) narrow_codes: OnceLock<Option<NarrowCodes>>,
     /// The planner's measured cost of a single-query scan, nanoseconds per 8 bytes of codes, as
-    /// `f64` bits (0 until a scan has been timed; see `search::ScanSpeed`).
+    /// `f64` bits (0 until a scan has been timed; see `CodeIndex::record_scan`).
     pub(crate) scan_ns_per_word: std::sync::atomic::AtomicU64,
 }
 
