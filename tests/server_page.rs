@@ -16,6 +16,18 @@ use hashsrv::server::routes::SearchResponse;
 use serde_json::{Value, json};
 use server_support::*;
 
+/// Headless Chromium as root on a machine with a closed network: without the background
+/// networking flags it tries Google's hosts at every start, and those connections are refused.
+const CHROMIUM_FLAGS: [&str; 7] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+];
+
 fn chromium() -> &'static str {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
@@ -36,18 +48,9 @@ async fn chromium_renders_the_result_grid() {
     let profile_arg = format!("--user-data-dir={}", profile.path().display());
     let output = tokio::task::spawn_blocking(move || {
         Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                // Let the page's fetches finish before the DOM is dumped.
-                "--virtual-time-budget=15000",
-                "--dump-dom",
-            ])
+            .args(CHROMIUM_FLAGS)
+            // Let the page's fetches finish before the DOM is dumped.
+            .args(["--virtual-time-budget=15000", "--dump-dom"])
             .arg(profile_arg)
             .arg(url)
             .output()
@@ -128,6 +131,15 @@ impl Drop for Driver {
     }
 }
 
+/// Starts chromedriver and a browser session with a fresh profile, showing the page at `addr`.
+async fn open_page(addr: std::net::SocketAddr) -> (Driver, tempfile::TempDir, Session) {
+    let driver = tokio::task::spawn_blocking(Driver::start).await.unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let session = Session::new(&driver, profile.path()).await;
+    session.post("/url", json!({"url": format!("http://{addr}/")})).await;
+    (driver, profile, session)
+}
+
 /// A WebDriver session (W3C protocol over HTTP).
 struct Session {
     client: reqwest::Client,
@@ -137,17 +149,12 @@ struct Session {
 impl Session {
     async fn new(driver: &Driver, profile: &std::path::Path) -> Session {
         let client = reqwest::Client::new();
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
+        args.extend(["--disable-dev-shm-usage".into(), "--window-size=1600,1400".into()]);
+        args.push(format!("--user-data-dir={}", profile.display()));
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium(),
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--no-first-run", "--window-size=1600,1400",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-            },
+            "goog:chromeOptions": {"binary": chromium(), "args": args},
         }}});
         let answer: Value = client
             .post(format!("{}/session", driver.url))
@@ -209,10 +216,7 @@ async fn chromium_uploads_a_chosen_file_and_shows_the_returned_thumbnails() {
     let expected = &expected.queries[0].results;
     assert_eq!(expected.len(), 12);
 
-    let driver = tokio::task::spawn_blocking(Driver::start).await.unwrap();
-    let profile = tempfile::tempdir().unwrap();
-    let session = Session::new(&driver, profile.path()).await;
-    session.post("/url", json!({"url": format!("http://{addr}/")})).await;
+    let (driver, _profile, session) = open_page(addr).await;
     let element = session.element("#file").await;
     // Choosing a file through the input, as a person does: WebDriver's "send keys" to a file input.
     session.post(&format!("/element/{element}/value"), json!({"text": file.display().to_string()})).await;
@@ -258,10 +262,7 @@ async fn chromium_runs_an_evaluation_from_the_page_and_shows_its_table_and_plots
     let server = start(Arc::clone(&state)).await;
     let addr = server.addr;
 
-    let driver = tokio::task::spawn_blocking(Driver::start).await.unwrap();
-    let profile = tempfile::tempdir().unwrap();
-    let session = Session::new(&driver, profile.path()).await;
-    session.post("/url", json!({"url": format!("http://{addr}/")})).await;
+    let (driver, _profile, session) = open_page(addr).await;
     session.script("document.getElementById('evaluation').open = true").await;
     let button = session.element("#evaluate").await;
     session.post(&format!("/element/{button}/click"), json!({})).await;
