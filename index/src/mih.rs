@@ -253,8 +253,7 @@ impl CodeIndex {
                 if self.bits() < MIN_MIH_BITS || self.len() < MIN_AUTO_ITEMS || opts.k == 0 {
                     return None;
                 }
-                // In 64-bit words' worth of bytes: short codes are scanned from narrow lanes.
-                let words = (self.len() * self.scan_codes().bytes_per_code()) as f64 / 8.0;
+                let words = self.scan_words();
                 // The single scan's cost as measured on this machine once a scan has run; the
                 // other scans in proportion to it.
                 let per_word = self.scan_ns_per_word().unwrap_or(SCAN_NS_PER_WORD);

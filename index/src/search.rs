@@ -385,7 +385,7 @@ impl CodeIndex {
     /// model's constants come from one machine; the same scan ran 4 times faster on another,
     /// where the fixed constants let multi-index hashing overspend its share by as much.
     fn record_scan(&self, elapsed: Duration) {
-        let words = (self.len() * self.scan_codes().bytes_per_code()) as f64 / 8.0;
+        let words = self.scan_words();
         if words < 1.0 {
             return;
         }
@@ -395,6 +395,12 @@ impl CodeIndex {
             None => sample,
         };
         self.scan_ns_per_word.store(smoothed.to_bits(), Ordering::Relaxed);
+    }
+
+    /// What a linear scan reads, in 64-bit words' worth of bytes (codes of at most 32 bits are
+    /// scanned from narrow lanes).
+    pub(crate) fn scan_words(&self) -> f64 {
+        (self.len() * self.scan_codes().bytes_per_code()) as f64 / 8.0
     }
 
     /// The measured cost of a single-query scan, nanoseconds per 8 bytes of codes, once a scan
