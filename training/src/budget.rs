@@ -14,13 +14,13 @@ use std::time::Instant;
 use hashsrv::dataset::Item;
 use hashsrv::preprocess::Preprocess;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor, nn};
+use tch::{Device, nn};
 
 use crate::loader::{Loader, Transform};
 use crate::loss::TripletLoss;
 use crate::model::HashNet;
 use crate::sampler::PkSampler;
-use crate::train::{TrainConfig, TrainError, encode, train_step};
+use crate::train::{TrainConfig, TrainError, encode, train_on_batch};
 
 /// Steps run before timing starts (libtorch's first steps allocate and pick kernels).
 const WARMUP_STEPS: usize = 2;
@@ -76,11 +76,7 @@ pub fn plan(
         if step == WARMUP_STEPS {
             started = Instant::now();
         }
-        let batch = batch?;
-        let n = batch.len() as i64;
-        let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
-        let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
-        train_step(&net, &mut optimizer, loss_fn, &xs, &Tensor::from_slice(&labels).to_device(device));
+        train_on_batch(&net, &mut optimizer, loss_fn, &batch?, side, device);
     }
     let step_seconds = started.elapsed().as_secs_f64() / TIMED_STEPS as f64;
 

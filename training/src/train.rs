@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 use crate::budget::{self, BudgetPlan};
 use crate::checkpoint::{CheckpointError, CheckpointInfo, Checkpoints, write_atomically};
 use crate::frozen::FrozenTrunk;
-use crate::loader::{LoadError, Loader, Transform, sequential_batches};
+use crate::loader::{Batch, LoadError, Loader, Transform, sequential_batches};
 use crate::loss::{HashCentres, Strategy, TripletLoss};
 use crate::model::{HashNet, HashNetConfig, ModelError, Stem};
 use crate::onnx::{ExportError, ExportMetadata, export_onnx};
@@ -381,18 +381,18 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
         TripletLoss { strategy: config.strategy, margin: config.margin, quantization: config.quantization, centres };
     let preprocess = config.preprocess();
     let checkpoints = Checkpoints::create(out)?;
-    let resuming = config.resume && checkpoints.info("last")?.is_some();
+    let last = if config.resume { checkpoints.info("last")? } else { None };
+    let resuming = last.is_some();
 
     // The epoch count of a budgeted run is measured once: a resumed run keeps the count its
     // schedule was laid out over.
     let mut budget_plan = None;
-    let config = &match config.time_budget {
-        Some(_) if resuming => {
-            let saved = checkpoints.info("last")?.map(|info| info.config);
-            let epochs = saved.as_ref().and_then(|c| c.get("epochs")).and_then(serde_json::Value::as_u64);
+    let config = &match (config.time_budget, &last) {
+        (Some(_), Some(last)) => {
+            let epochs = last.config.get("epochs").and_then(serde_json::Value::as_u64);
             TrainConfig { epochs: epochs.unwrap_or(config.epochs), ..config.clone() }
         }
-        Some(seconds) => {
+        (Some(seconds), None) => {
             let plan = budget::plan(config, seconds, &fit, &val, &sampler, &loss_fn, &preprocess, device)?;
             tracing::info!(
                 budget_seconds = seconds,
@@ -405,7 +405,7 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
             budget_plan = Some(plan);
             config
         }
-        None => config.clone(),
+        (None, _) => config.clone(),
     };
     let config_json = serde_json::to_value(config).map_err(|e| TrainError::Config(e.to_string()))?;
     write_json(&out.join("config.json"), &config_json)?;
@@ -562,11 +562,7 @@ fn train_epoch(
     for batch in loader {
         let batch = batch?;
         optimizer.set_lr(tally.lr());
-        let n = batch.len() as i64;
-        let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
-        let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
-        let labels = Tensor::from_slice(&labels).to_device(device);
-        tally.record(train_step(net, optimizer, loss_fn, &xs, &labels), batch.len())?;
+        tally.record(train_on_batch(net, optimizer, loss_fn, &batch, side, device), batch.len())?;
         progress.set_message(format!("loss {:.3} | {:.0} img/s", tally.mean_loss(), tally.images_per_second()));
         progress.inc(1);
     }
@@ -677,6 +673,25 @@ pub fn train_step(
     optimise(optimizer, loss_fn, &net.forward_t(xs, true), labels)
 }
 
+/// [`train_step`] on a batch from the loader (images of side `side`).
+pub(crate) fn train_on_batch(
+    net: &HashNet,
+    optimizer: &mut nn::Optimizer,
+    loss_fn: &TripletLoss,
+    batch: &Batch,
+    side: i64,
+    device: Device,
+) -> StepOutput {
+    let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
+    let labels = Tensor::from_slice(&labels).to_device(device);
+    train_step(net, optimizer, loss_fn, &input_tensor(batch, side, device), &labels)
+}
+
+/// A loader batch's images as the network's input [B,3,side,side] on `device`.
+fn input_tensor(batch: &Batch, side: i64, device: Device) -> Tensor {
+    Tensor::from_slice(&batch.images).view([batch.len() as i64, 3, side, side]).to_device(device)
+}
+
 /// One SGD step of the `hash` layer alone on trunk features [B,512] (the frozen-trunk mode).
 pub fn hash_step(
     net: &HashNet,
@@ -717,11 +732,8 @@ pub fn eval_pass(
     let mut outputs = Vec::new();
     for batch in loader {
         let batch = batch?;
-        let n = batch.len() as i64;
-        outputs.push(tch::no_grad(|| {
-            let xs = Tensor::from_slice(&batch.images).view([n, 3, side, side]).to_device(device);
-            f(&xs).to_device(Device::Cpu).to_kind(Kind::Float)
-        }));
+        outputs
+            .push(tch::no_grad(|| f(&input_tensor(&batch, side, device)).to_device(Device::Cpu).to_kind(Kind::Float)));
         progress.inc(1);
     }
     progress.finish_and_clear();
