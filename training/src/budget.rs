@@ -55,9 +55,9 @@ pub fn plan(
     device: Device,
 ) -> Result<BudgetPlan, TrainError> {
     let vs = nn::VarStore::new(device);
-    let net = HashNet::new(&vs.root(), &config.model_config())?;
-    let mut optimizer = config.optimizer.build(&vs, config)?;
-    optimizer.set_lr(config.lr);
+    let mut net = HashNet::new(&vs.root(), &config.model_config())?;
+    net.set_training_precision(&vs, config.precision);
+    let mut optimizer = config.optimizer(&vs)?;
 
     let epoch_batches = sampler.epoch(0);
     let steps_per_epoch = epoch_batches.len();

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 use tch::nn::VarStore;
 
 /// Why a checkpoint could not be written or read.
@@ -78,9 +79,12 @@ impl Checkpoints {
     /// Writes the weights, then the description (a description always has its weights).
     pub fn save(&self, name: &str, vs: &VarStore, info: &CheckpointInfo) -> Result<(), CheckpointError> {
         let weights = self.weights_path(name);
-        // The temporary name keeps the extension: VarStore::save picks the format from it.
         let tmp = self.dir.join(format!(".{name}.tmp.safetensors"));
-        vs.save(&tmp).map_err(|source| CheckpointError::Weights { path: tmp.clone(), source })?;
+        // safetensors holds row-major tensors only; bf16 training keeps its kernels channels-last.
+        let contiguous: Vec<(String, Tensor)> =
+            vs.variables().into_iter().map(|(name, var)| (name, var.contiguous())).collect();
+        Tensor::write_safetensors(&contiguous, &tmp)
+            .map_err(|source| CheckpointError::Weights { path: tmp.clone(), source })?;
         std::fs::rename(&tmp, &weights).map_err(|source| CheckpointError::Io { path: weights.clone(), source })?;
         let json = serde_json::to_vec_pretty(info)
             .map_err(|source| CheckpointError::Json { path: self.info_path(name), source })?;

@@ -17,6 +17,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::loss::TripletLoss;
 use crate::model::HashNet;
+use crate::optim::Optim;
 use crate::sampler::PkSampler;
 use crate::train::{EpochMetrics, EpochTally, TrainConfig, TrainError, codes_of, eval_pass, hash_step};
 
@@ -84,7 +85,7 @@ impl FrozenTrunk {
         &self,
         config: &TrainConfig,
         net: &HashNet,
-        optimizer: &mut nn::Optimizer,
+        optimizer: &mut Optim,
         loss_fn: &TripletLoss,
         sampler: &PkSampler,
         epoch: u64,

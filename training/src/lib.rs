@@ -10,6 +10,8 @@ pub mod loader;
 pub mod loss;
 pub mod model;
 pub mod onnx;
+pub mod optim;
+pub mod precision;
 pub mod pretrained;
 pub mod sampler;
 pub mod train;

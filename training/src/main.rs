@@ -11,7 +11,9 @@ use hashsrv::dataset::DatasetKind;
 use hashsrv::device::Device;
 use hashsrv_train::loss::{Strategy, default_margin};
 use hashsrv_train::model::Stem;
-use hashsrv_train::train::{Optimizer, Schedule, TrainConfig, run};
+use hashsrv_train::optim::Optimizer;
+use hashsrv_train::precision::Precision;
+use hashsrv_train::train::{Schedule, TrainConfig, run};
 
 /// Trains the deep hash model (ResNet-18 + FC + tanh) with the triplet ranking loss.
 #[derive(Debug, Parser)]
@@ -113,6 +115,11 @@ struct Args {
     /// Evaluate validation mAP every this many epochs (and after the last).
     #[arg(long, default_value_t = 1)]
     eval_every: u64,
+    /// Arithmetic of the training steps: bf16 runs the trunk's forward pass in bfloat16 (CPU
+    /// autocast; weights, optimiser and loss stay fp32); auto picks it on CPUs with bfloat16
+    /// instructions (AVX-512 BF16). Evaluation and the exported model are fp32 either way.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    precision: Precision,
     /// Threads for libtorch and the image loader (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -164,6 +171,7 @@ impl Args {
             epochs: self.epochs,
             time_budget: self.time_budget,
             device: self.ngpu.map_or(self.device, Device::from_ngpu),
+            precision: self.precision,
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             val_fraction: self.val_fraction,

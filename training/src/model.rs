@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
 
+use crate::precision::{self, Precision};
+
 /// Width of the trunk's output (ResNet-18's last stage).
 pub const FEATURES: i64 = 512;
 
@@ -146,6 +148,8 @@ pub struct HashNet {
     bn1: nn::BatchNorm,
     blocks: Vec<BasicBlock>,
     hash: nn::Linear,
+    /// The arithmetic of training forward passes (evaluation is always fp32).
+    training_precision: Precision,
 }
 
 impl HashNet {
@@ -167,7 +171,17 @@ impl HashNet {
         }
         // PyTorch's nn.Linear initialisation (kaiming uniform weight, uniform bias), tch's default.
         let hash = nn::linear(vs / "hash", FEATURES, i64::from(config.bits), Default::default());
-        Ok(Self { config: config.clone(), conv1, bn1, blocks, hash })
+        Ok(Self { config: config.clone(), conv1, bn1, blocks, hash, training_precision: Precision::Fp32 })
+    }
+
+    /// Trains in `precision` (resolved: fp32 or bf16) from now on. For bf16 the convolution
+    /// kernels of `vs`, the store the network was built on, are re-laid channels-last; call it
+    /// before the optimiser is built.
+    pub fn set_training_precision(&mut self, vs: &nn::VarStore, precision: Precision) {
+        if precision == Precision::Bf16 {
+            precision::convolutions_channels_last(vs);
+        }
+        self.training_precision = precision;
     }
 
     pub fn config(&self) -> &HashNetConfig {
@@ -194,7 +208,14 @@ impl HashNet {
 
     /// The relaxed codes in (-1, 1), [N,bits]; bit i of the binary code is `output i > 0`.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.hash_head(&self.features_t(xs, train))
+        let features = match (train, self.training_precision) {
+            (true, Precision::Bf16) => {
+                let xs = precision::channels_last(xs);
+                precision::fp32(precision::bf16_autocast(|| self.features_t(&xs, true)))
+            }
+            _ => self.features_t(xs, train),
+        };
+        self.hash_head(&features)
     }
 }
 

@@ -21,7 +21,7 @@ use hashsrv_index::metrics::{MetricsError, TieMode, mean_average_precision};
 use hashsrv_index::{IndexError, IndexMetadata, IndexWriter};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::budget::{self, BudgetPlan};
@@ -31,6 +31,8 @@ use crate::loader::{Batch, LoadError, Loader, Transform, sequential_batches};
 use crate::loss::{HashCentres, Strategy, TripletLoss};
 use crate::model::{HashNet, HashNetConfig, ModelError, Stem};
 use crate::onnx::{ExportError, ExportMetadata, export_onnx};
+use crate::optim::{Optim, Optimizer};
+use crate::precision::Precision;
 use crate::pretrained::{self, PretrainedError};
 use crate::sampler::{PkSampler, SamplerError};
 
@@ -65,33 +67,6 @@ pub enum Schedule {
     /// Cosine decay from `lr` to 0 over all batches of the run, after a short linear warm-up:
     /// the better choice for runs of a few epochs.
     Cosine,
-}
-
-/// The optimiser.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Optimizer {
-    /// The seed's: SGD with `momentum` and L2 weight decay.
-    #[default]
-    Sgd,
-    /// AdamW (betas 0.9 / 0.999, decoupled weight decay): adapts each weight's step to its
-    /// gradient's scale, which a network trained from scratch in a few epochs needs.
-    Adamw,
-}
-
-impl Optimizer {
-    pub(crate) fn build(self, vs: &nn::VarStore, config: &TrainConfig) -> Result<nn::Optimizer, tch::TchError> {
-        match self {
-            Optimizer::Sgd => {
-                nn::Sgd { momentum: config.momentum, dampening: 0.0, wd: config.weight_decay, nesterov: false }
-                    .build(vs, config.lr)
-            }
-            Optimizer::Adamw => {
-                nn::AdamW { beta1: 0.9, beta2: 0.999, wd: config.weight_decay, eps: 1e-8, amsgrad: false }
-                    .build(vs, config.lr)
-            }
-        }
-    }
 }
 
 /// The cosine schedule's rate at batch `t` of `total`: a linear warm-up over the first 3% of the
@@ -142,6 +117,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub time_budget: Option<f64>,
     pub device: hashsrv::device::Device,
+    /// The arithmetic of the training steps; `config.json` holds the resolved one.
+    #[serde(default)]
+    pub precision: Precision,
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
     pub val_fraction: f32,
@@ -165,6 +143,11 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The run's optimiser over the trainable variables of `vs`, at the base learning rate.
+    pub fn optimizer(&self, vs: &nn::VarStore) -> Result<Optim, tch::TchError> {
+        self.optimizer.build(vs, self.lr, self.momentum, self.weight_decay)
+    }
+
     /// The preprocessing of this run: the data set's kind at `input_size`.
     pub fn preprocess(&self) -> Preprocess {
         match self.dataset {
@@ -350,7 +333,9 @@ pub struct TrainSummary {
 pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
     config.validate()?;
     let device = tch_device(config.device)?;
-    tracing::info!(device = ?device, requested = %config.device, "training device");
+    let precision = config.precision.resolve(device).map_err(TrainError::Config)?;
+    tracing::info!(device = ?device, requested = %config.device, ?precision, "training device");
+    let config = &TrainConfig { precision, ..config.clone() };
     tch::set_num_threads(config.threads as i32);
     let out = &config.out;
     std::fs::create_dir_all(out).map_err(|source| TrainError::Io { path: out.clone(), source })?;
@@ -412,7 +397,8 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
 
     tch::manual_seed(config.seed as i64);
     let mut vs = nn::VarStore::new(device);
-    let net = HashNet::new(&vs.root(), &config.model_config())?;
+    let mut net = HashNet::new(&vs.root(), &config.model_config())?;
+    net.set_training_precision(&vs, config.precision);
     let mut metrics = Metrics { device: format!("{device:?}"), ..Metrics::default() };
     let mut start_epoch = 0;
     if resuming {
@@ -430,7 +416,7 @@ pub fn run(config: &TrainConfig) -> Result<TrainSummary, TrainError> {
         load_pretrained(&mut vs, config, path)?;
     }
 
-    let mut optimizer = config.optimizer.build(&vs, config)?;
+    let mut optimizer = config.optimizer(&vs)?;
     let frozen = match config.freeze_trunk {
         true => Some(FrozenTrunk::compute(config, &mut vs, &net, &data, &preprocess, device)?),
         false => None,
@@ -538,7 +524,7 @@ fn resume(
 fn train_epoch(
     config: &TrainConfig,
     net: &HashNet,
-    optimizer: &mut nn::Optimizer,
+    optimizer: &mut Optim,
     loss_fn: &TripletLoss,
     sampler: &PkSampler,
     fit: &Arc<[Item]>,
@@ -665,7 +651,7 @@ pub struct StepOutput {
 /// on the network's device. `scripts/bench_train.py` times this function against PyTorch.
 pub fn train_step(
     net: &HashNet,
-    optimizer: &mut nn::Optimizer,
+    optimizer: &mut Optim,
     loss_fn: &TripletLoss,
     xs: &Tensor,
     labels: &Tensor,
@@ -676,7 +662,7 @@ pub fn train_step(
 /// [`train_step`] on a batch from the loader (images of side `side`).
 pub(crate) fn train_on_batch(
     net: &HashNet,
-    optimizer: &mut nn::Optimizer,
+    optimizer: &mut Optim,
     loss_fn: &TripletLoss,
     batch: &Batch,
     side: i64,
@@ -695,7 +681,7 @@ fn input_tensor(batch: &Batch, side: i64, device: Device) -> Tensor {
 /// One SGD step of the `hash` layer alone on trunk features [B,512] (the frozen-trunk mode).
 pub fn hash_step(
     net: &HashNet,
-    optimizer: &mut nn::Optimizer,
+    optimizer: &mut Optim,
     loss_fn: &TripletLoss,
     features: &Tensor,
     labels: &Tensor,
@@ -703,7 +689,7 @@ pub fn hash_step(
     optimise(optimizer, loss_fn, &net.hash_head(features), labels)
 }
 
-fn optimise(optimizer: &mut nn::Optimizer, loss_fn: &TripletLoss, outputs: &Tensor, labels: &Tensor) -> StepOutput {
+fn optimise(optimizer: &mut Optim, loss_fn: &TripletLoss, outputs: &Tensor, labels: &Tensor) -> StepOutput {
     let loss = loss_fn.forward(outputs, labels);
     optimizer.backward_step(&loss.total);
     StepOutput {
