@@ -32,7 +32,7 @@ if [ "$retrain" = 1 ] || [ ! -f "$run/model.onnx" ] || [ ! -f "$run/train.hidx" 
   # The recipe of the README's table: the cheapest ResNet-18 input (32 px, ImageNet stem), AdamW
   # with a cosine schedule, and the hash-centre term beside the triplet loss (on a 10,000-image
   # subset it beat SGD at 0.001 and every other rate and loss we tried; see README, "Results").
-  # The same recipe runs at 100 to 440 images/s on different 2-core machines, so the demo gives
+  # The same recipe runs at 100 to 680 images/s on different 2-core machines, so the demo gives
   # it a time (9 minutes) and the trainer measures how many epochs fit, unless EPOCHS is set.
   if [ -n "$epochs" ]; then length=(--epochs "$epochs"); else length=(--time-budget "$train_seconds" --epochs 20); fi
   "$bin/hashsrv" train --dataset fashion-mnist --data "$data" --bits "$bits" --input-size 32 --stem imagenet \
