@@ -1,5 +1,5 @@
 // CPU autocast (bfloat16) for hashsrv-train. libtorch has it, but tch exposes only the CUDA
-// switch, so these three calls are the whole bridge. Autocast state is per thread.
+// switch, so these two functions are the whole bridge. Autocast state is per thread.
 #include <ATen/autocast_mode.h>
 
 extern "C" {

@@ -1,9 +1,9 @@
 //! The arithmetic of the training steps: fp32 everywhere, or the trunk's forward pass in
 //! bfloat16 under libtorch's CPU autocast with the convolutions in channels-last layout.
 //!
-//! On CPUs with bfloat16 dot products (AVX-512 BF16) oneDNN runs the bfloat16
-//! convolutions about 1.5x as fast (`scripts/bench_train.py` measures it against PyTorch's own
-//! autocast). The weights, their gradients and the optimiser's state stay fp32; the `hash` layer,
+//! On CPUs with bfloat16 dot products (AVX-512 BF16) oneDNN's bfloat16 convolutions make the
+//! whole training step about 1.3x as fast, as PyTorch's own autocast does
+//! (`scripts/bench_train.py`; BENCHMARKS.md, "Training"). The weights, their gradients and the optimiser's state stay fp32; the `hash` layer,
 //! tanh and the loss run in fp32 on the trunk's features. Evaluation, the exported ONNX model and
 //! the index are fp32 whatever the training precision, so codes do not depend on it.
 //!
