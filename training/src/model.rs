@@ -9,8 +9,8 @@
 //! `tch::vision::resnet` because of the `Small` stem for 28x28 / 32x32 inputs.
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
 
 use crate::precision::{self, Precision};
 
@@ -211,7 +211,7 @@ impl HashNet {
         let features = match (train, self.training_precision) {
             (true, Precision::Bf16) => {
                 let xs = precision::channels_last(xs);
-                precision::fp32(precision::bf16_autocast(|| self.features_t(&xs, true)))
+                precision::bf16_autocast(|| self.features_t(&xs, true)).to_kind(Kind::Float)
             }
             _ => self.features_t(xs, train),
         };

@@ -4,7 +4,8 @@
 //! weight tensor, each a pass over memory, plus a temporary: on ResNet-18's 11 M weights that was
 //! a fifth of a CPU training step, most of it memory traffic. [`AdamW`] reads the weight, its
 //! gradient and the two moments once and writes them once, like PyTorch's `fused=True`; the
-//! arithmetic is PyTorch's AdamW (decoupled weight decay, bias-corrected moments).
+//! arithmetic is PyTorch's AdamW (decoupled weight decay, bias-corrected moments). On a GPU,
+//! where the weights are not in host memory, AdamW stays libtorch's.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -28,9 +29,19 @@ impl Optimizer {
     pub fn build(self, vs: &nn::VarStore, lr: f64, momentum: f64, weight_decay: f64) -> Result<Optim, tch::TchError> {
         Ok(match self {
             Optimizer::Sgd => {
-                Optim::Sgd(nn::Sgd { momentum, dampening: 0.0, wd: weight_decay, nesterov: false }.build(vs, lr)?)
+                Optim::Libtorch(nn::Sgd { momentum, dampening: 0.0, wd: weight_decay, nesterov: false }.build(vs, lr)?)
             }
-            Optimizer::Adamw => Optim::AdamW(AdamW::new(vs, lr, weight_decay)),
+            Optimizer::Adamw if vs.device() == Device::Cpu => Optim::FusedAdamW(AdamW::new(vs, lr, weight_decay)),
+            Optimizer::Adamw => Optim::Libtorch(
+                nn::AdamW {
+                    beta1: BETA1.into(),
+                    beta2: BETA2.into(),
+                    wd: weight_decay,
+                    eps: EPS.into(),
+                    amsgrad: false,
+                }
+                .build(vs, lr)?,
+            ),
         })
     }
 }
@@ -38,23 +49,24 @@ impl Optimizer {
 /// A built optimiser.
 #[derive(Debug)]
 pub enum Optim {
-    Sgd(nn::Optimizer),
-    AdamW(AdamW),
+    /// libtorch's: SGD, and AdamW off the CPU.
+    Libtorch(nn::Optimizer),
+    FusedAdamW(AdamW),
 }
 
 impl Optim {
     pub fn set_lr(&mut self, lr: f64) {
         match self {
-            Optim::Sgd(sgd) => sgd.set_lr(lr),
-            Optim::AdamW(adamw) => adamw.lr = lr,
+            Optim::Libtorch(optimizer) => optimizer.set_lr(lr),
+            Optim::FusedAdamW(adamw) => adamw.lr = lr,
         }
     }
 
     /// Zeroes the gradients, back-propagates `loss` and updates the weights.
     pub fn backward_step(&mut self, loss: &Tensor) {
         match self {
-            Optim::Sgd(sgd) => sgd.backward_step(loss),
-            Optim::AdamW(adamw) => {
+            Optim::Libtorch(optimizer) => optimizer.backward_step(loss),
+            Optim::FusedAdamW(adamw) => {
                 adamw.zero_grad();
                 loss.backward();
                 adamw.step();

@@ -11,7 +11,7 @@
 //! bridges the two libtorch calls that turn CPU autocast on and drop its cache of weight copies.
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Tensor, nn};
 
 unsafe extern "C" {
     fn hashsrv_cpu_autocast(enabled: bool) -> bool;
@@ -97,9 +97,4 @@ pub fn convolutions_channels_last(vs: &nn::VarStore) {
             }
         }
     });
-}
-
-/// The trunk's `features` in fp32, whatever they were computed in.
-pub fn fp32(features: Tensor) -> Tensor {
-    if features.kind() == Kind::Float { features } else { features.to_kind(Kind::Float) }
 }
