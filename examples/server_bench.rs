@@ -81,6 +81,15 @@ async fn throughput(url: &str, body: &[u8], total: usize, concurrency: usize) ->
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Images run and model runs so far, from the server's `/metrics`.
+async fn batch_totals(url: &str) -> (f64, f64) {
+    let text = reqwest::get(format!("{url}/metrics")).await.expect("metrics").text().await.expect("metrics body");
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).expect("a batch-size metric")
+    };
+    (value("hashsrv_batch_size_sum "), value("hashsrv_batch_size_count "))
+}
+
 /// Median time for one thread to send `request` bytes over loopback TCP to another thread that
 /// reads them all and answers `response` bytes: the least any HTTP server can add on this machine
 /// (both threads sleep between messages, as a server and its client do).
@@ -240,22 +249,27 @@ fn main() -> anyhow::Result<()> {
          batching off req/s |\n|---:|---:|---:|---:|"
     );
     for concurrency in [1usize, 8, 32] {
-        let mut rates = Vec::new();
+        let (mut rates, mut batches) = (Vec::new(), Vec::new());
         for (max_batch, spinning) in [(32usize, None), (32, Some(false)), (1, None)] {
             let mut c = config.clone();
             c.batch.max_batch = max_batch;
             c.encoder.intra_spinning = spinning;
             let (url, stop) = runtime.block_on(start(c))?;
             runtime.block_on(throughput(&url, &small_png, 8, 1)); // warm up
+            let before = runtime.block_on(batch_totals(&url));
             rates.push(runtime.block_on(throughput(&url, &small_png, requests, concurrency)));
+            let after = runtime.block_on(batch_totals(&url));
+            batches.push((after.0 - before.0) / (after.1 - before.1));
             let _ = stop.send(());
         }
         println!(
-            "| {concurrency} | {:.0} ({:.2}x raw best) | {:.0} ({:.2}x) | {:.0} |",
+            "| {concurrency} | {:.0} ({:.2}x raw best; mean batch {:.1}) | {:.0} ({:.2}x; {:.1}) | {:.0} |",
             rates[0],
             rates[0] / best_raw,
+            batches[0],
             rates[1],
             rates[1] / best_raw,
+            batches[1],
             rates[2]
         );
     }
