@@ -293,8 +293,10 @@ async fn shutdown_drains_requests_in_flight() {
     // A request in the middle of its upload when the shutdown starts.
     let (resume, wait) = tokio::sync::oneshot::channel();
     let in_flight = tokio::spawn(slow_post(server.addr, "/search", png.clone(), png.len() / 2, wait));
-    // Time for the server to accept the connection and start reading the body.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the server has the request's headers and is reading its body.
+    while server.state.metrics.in_flight() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let addr = server.addr;
     let stopping = tokio::spawn(server.stop());
     tokio::time::sleep(Duration::from_millis(200)).await;

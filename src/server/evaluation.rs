@@ -243,18 +243,18 @@ impl Evaluations {
     }
 
     /// The folder the job folders go into.
-    pub fn report_dir(&self) -> Result<PathBuf, StartError> {
+    fn report_dir(&self) -> Result<PathBuf, StartError> {
         if let Some(dir) = &self.config.report_dir {
             return Ok(dir.clone());
         }
         let mut temp = self.temp.lock().unwrap_or_else(|p| p.into_inner());
-        let made = match temp.take() {
-            Some(made) => made,
-            None => tempfile::Builder::new().prefix("hashsrv-evaluations-").tempdir().map_err(|source| {
+        if temp.is_none() {
+            let made = tempfile::Builder::new().prefix("hashsrv-evaluations-").tempdir().map_err(|source| {
                 StartError::Folder { path: std::env::temp_dir().join("hashsrv-evaluations-*"), source }
-            })?,
-        };
-        Ok(temp.insert(made).path().to_path_buf())
+            })?;
+            *temp = Some(made);
+        }
+        Ok(temp.as_ref().expect("made above").path().to_path_buf())
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Job>>> {

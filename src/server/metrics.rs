@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Stages of a search request, each with its own latency histogram.
@@ -61,11 +61,23 @@ impl Histogram {
     }
 }
 
+/// One request in flight, counted until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Metrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// All metrics of one server.
 #[derive(Debug)]
 pub struct Metrics {
     /// Requests by (route, status code).
     requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Requests received and not yet answered.
+    in_flight: AtomicU64,
     /// Error responses by error kind (the `error` field of the JSON error).
     errors: Mutex<BTreeMap<String, u64>>,
     stages: Vec<Histogram>,
@@ -83,6 +95,7 @@ impl Metrics {
     pub fn new(queue_capacity: usize) -> Self {
         Metrics {
             requests: Mutex::default(),
+            in_flight: AtomicU64::new(0),
             errors: Mutex::default(),
             stages: STAGES.iter().map(|_| Histogram::new(&LATENCY_BUCKETS)).collect(),
             batch_size: Histogram::new(&BATCH_BUCKETS),
@@ -94,6 +107,16 @@ impl Metrics {
             evaluations_done: AtomicU64::new(0),
             evaluations_failed: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a request from its headers to its answer (or its end, if the client leaves).
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn record_request(&self, route: &str, status: u16) {
@@ -168,6 +191,9 @@ impl Metrics {
         for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "hashsrv_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
         }
+        out.push_str("# HELP hashsrv_requests_in_flight Requests received and not yet answered.\n");
+        out.push_str("# TYPE hashsrv_requests_in_flight gauge\n");
+        let _ = writeln!(out, "hashsrv_requests_in_flight {}", self.in_flight());
         out.push_str("# HELP hashsrv_errors_total Error responses by kind.\n");
         out.push_str("# TYPE hashsrv_errors_total counter\n");
         for (kind, n) in self.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -224,6 +250,18 @@ mod tests {
         assert!(text.contains("hashsrv_batch_size_bucket{le=\"+Inf\"} 4\n"));
         assert!(text.contains("hashsrv_batch_size_sum 1007\n"));
         assert!(text.contains("hashsrv_batch_size_count 4\n"));
+    }
+
+    #[test]
+    fn requests_in_flight_are_counted_until_their_guard_drops() {
+        let m = Arc::new(Metrics::new(8));
+        let first = m.request_started();
+        let second = m.request_started();
+        assert!(m.render().contains("hashsrv_requests_in_flight 2\n"));
+        drop(first);
+        assert_eq!(m.in_flight(), 1);
+        drop(second);
+        assert!(m.render().contains("hashsrv_requests_in_flight 0\n"));
     }
 
     #[test]

@@ -60,8 +60,9 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Counts every answer by route and status, and errors by kind.
+/// Counts requests in flight, every answer by route and status, and errors by kind.
 async fn record(State(state): Shared, request: Request, next: Next) -> Response {
+    let _in_flight = state.metrics.request_started();
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let response = next.run(request).await;
     state.metrics.record_request(&route, response.status().as_u16());
