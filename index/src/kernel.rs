@@ -4,8 +4,9 @@
 //!
 //! Every variant runs the same body: the block's distances and their minimum (LLVM vectorises
 //! the popcounts with `vpopcntq` under AVX-512 and with the nibble-lookup `vpshufb` method under
-//! AVX2), then, only when the minimum is below the top-k threshold, a search for the hits. Both
-//! steps are compiled under the variant's features: outside them, even the minimum of a piece of
+//! AVX2), then, only when the minimum is below the top-k threshold, a search for the hits (whose
+//! below-threshold masks the AVX-512 variant builds with explicit compares). Both steps are
+//! compiled under the variant's features: outside them, even the minimum of a piece of
 //! distances falls back to SSE2 emulation. The word body is specialised for 1 and 2 words per
 //! code (up to 128 bits), where the per-code loop over words would cost more than the popcounts.
 //!
