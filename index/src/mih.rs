@@ -33,9 +33,10 @@ const AUTO_BUDGET_FRACTION: f64 = 0.05;
 /// Cost model, nanoseconds: scanning 8 bytes of codes (single query, one core, until the index
 /// has timed its own scans; and per query in a cache-blocked batch), probing one bucket, and
 /// checking one candidate (a random access to its code). Measured on the 2-vCPU AVX2 machine
-/// of BENCHMARKS.md with 1M codes: the scans at 0.35-0.45 ns per 8 bytes; 20 forced multi-index searches of uniform 64-bit codes (1.09M probes,
-/// 0.35M candidates, 92.9 ms) and 50 of 32-bit codes (11k probes, 168k candidates, 13.1 ms) solve
-/// to about 61 ns a probe and 74 ns a candidate: cache misses, not arithmetic.
+/// of BENCHMARKS.md with 1M codes: the scans at 0.35-0.45 ns per 8 bytes; 20 forced multi-index
+/// searches of uniform 64-bit codes (1.09M probes, 0.35M candidates, 92.9 ms) and 50 of 32-bit
+/// codes (11k probes, 168k candidates, 13.1 ms) solve to about 61 ns a probe and 74 ns a
+/// candidate: cache misses, not arithmetic.
 const SCAN_NS_PER_WORD: f64 = 0.4;
 const BATCH_SCAN_NS_PER_WORD: f64 = 0.35;
 const PROBE_NS: f64 = 60.0;

@@ -5,11 +5,11 @@
 //!
 //! Two modes:
 //! - `train_speed [steps] [threads]`: a table over the recipes (input size x stem).
-//! - `train_speed serve <threads> <input_size> <imagenet|small> <sgd|adamw> <fp32|bf16>`: the worker that
-//!   `scripts/bench_train.py` drives beside its PyTorch twin. It builds the network, then reads
-//!   lines `<steps>` from stdin, runs that many steps and answers `<wall s> <cpu s> <loss>`, so
-//!   the driver can alternate the two sides block by block without process start-up in the
-//!   timings.
+//! - `train_speed serve <threads> <input_size> <imagenet|small> <sgd|adamw> <fp32|bf16>`: the
+//!   worker that `scripts/bench_train.py` drives beside its PyTorch twin. It builds the
+//!   network, then reads lines `<steps>` from stdin, runs that many steps and answers
+//!   `<wall s> <cpu s> <loss>`, so the driver can alternate the two sides block by block without
+//!   process start-up in the timings.
 //!
 //! Build it in release: the fused AdamW update is this crate's own loop.
 

@@ -1,6 +1,7 @@
 //! `--time-budget`: how many epochs of full training fit in a given wall-clock time on this
-//! machine. The same recipe runs at about 100 images/s on one 2-core machine and 450 to 680 on another,
-//! so a fixed epoch count is either short on the fast one or far over time on the slow one.
+//! machine. The same recipe runs at about 100 images/s on one 2-core machine and 450 to 680 on
+//! another, so a fixed epoch count is either short on the fast one or far over time on the slow
+//! one.
 //!
 //! Before training, a throw-away copy of the network takes a few real steps on real batches
 //! through the real loader (warm-up excluded) and encodes a few validation batches; the epoch's

@@ -3,9 +3,10 @@
 //!
 //! On CPUs with bfloat16 dot products (AVX-512 BF16) oneDNN's bfloat16 convolutions make the
 //! whole training step about 1.3x as fast, as PyTorch's own autocast does
-//! (`scripts/bench_train.py`; BENCHMARKS.md, "Training"). The weights, their gradients and the optimiser's state stay fp32; the `hash` layer,
-//! tanh and the loss run in fp32 on the trunk's features. Evaluation, the exported ONNX model and
-//! the index are fp32 whatever the training precision, so codes do not depend on it.
+//! (`scripts/bench_train.py`; BENCHMARKS.md, "Training"). The weights, their gradients and the
+//! optimiser's state stay fp32; the `hash` layer, tanh and the loss run in fp32 on the trunk's
+//! features. Evaluation, the exported ONNX model and the index are fp32 whatever the training
+//! precision, so codes do not depend on it.
 //!
 //! tch exposes only CUDA's autocast switch, so `cpp/cpu_autocast.cpp` (built by `build.rs`)
 //! bridges the two libtorch calls that turn CPU autocast on and drop its cache of weight copies.
