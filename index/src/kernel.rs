@@ -233,22 +233,37 @@ fn scan_lanes<L: Lane, const AVX512: bool>(query: L, codes: &[L], out: &mut [L],
 /// Feeds `top` the codes whose distance in `out` is below its threshold. Once the threshold is
 /// tight a block holds few of them, so each piece of 64 is first reduced to a bit mask of its
 /// distances below the threshold, and only the set bits are visited; each is checked again,
-/// since every push may lower the threshold.
+/// since every push may lower the threshold. All the masks are built before any is visited, so
+/// that finding the piece that holds a hit costs no branch per piece: which piece it is is
+/// random, and a branch per piece was mispredicted about once a block.
 #[inline(always)]
 fn push_hits<D: Lane, const AVX512: bool>(out: &[D], first: usize, top: &mut TopK) {
-    for (p, piece) in out.chunks(PIECE).enumerate() {
-        // A threshold beyond the lane's range admits every distance the lane can hold.
-        let t = D::try_from(top.threshold()).unwrap_or(D::MAX);
-        let mut below = match piece.try_into() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `AVX512` is true only in the AVX-512 variant, which `Kernel::available`
-            // hands out only where the CPU has AVX-512 F and BW.
-            Ok(whole) if AVX512 => unsafe { D::below_avx512(whole, t) },
-            _ => piece.iter().enumerate().fold(0u64, |mask, (j, &d)| mask | (u64::from(d < t) << j)),
-        };
-        while below != 0 {
-            let j = below.trailing_zeros() as usize;
-            below &= below - 1;
+    for (g, group) in out.chunks(MAX_PIECES * PIECE).enumerate() {
+        push_group_hits::<D, AVX512>(group, first + g * MAX_PIECES * PIECE, top);
+    }
+}
+
+/// [`push_hits`] for up to `MAX_PIECES` pieces.
+#[inline(always)]
+fn push_group_hits<D: Lane, const AVX512: bool>(out: &[D], first: usize, top: &mut TopK) {
+    let start_threshold = top.threshold();
+    let mut masks = [0u64; MAX_PIECES];
+    let mut pieces = 0u32;
+    for (p, (piece, mask)) in out.chunks(PIECE).zip(&mut masks).enumerate() {
+        *mask = below::<D, AVX512>(piece, start_threshold);
+        pieces |= u32::from(*mask != 0) << p;
+    }
+    while pieces != 0 {
+        let p = pieces.trailing_zeros() as usize;
+        pieces &= pieces - 1;
+        let piece = &out[p * PIECE..(p * PIECE + PIECE).min(out.len())];
+        // Pushes may have tightened the threshold since the masks were built (they do in a
+        // scan's first blocks, where most distances are below it): visit only the survivors.
+        let threshold = top.threshold();
+        let mut hits = if threshold < start_threshold { below::<D, AVX512>(piece, threshold) } else { masks[p] };
+        while hits != 0 {
+            let j = hits.trailing_zeros() as usize;
+            hits &= hits - 1;
             let d = piece[j].into();
             if d < top.threshold() {
                 top.push_in_order(d, first + p * PIECE + j);
@@ -256,6 +271,24 @@ fn push_hits<D: Lane, const AVX512: bool>(out: &[D], first: usize, top: &mut Top
         }
     }
 }
+
+/// Bit `j` set where `piece[j] < threshold` (a threshold beyond the lane's range admits every
+/// distance the lane can hold).
+#[inline(always)]
+fn below<D: Lane, const AVX512: bool>(piece: &[D], threshold: u32) -> u64 {
+    let t = D::try_from(threshold).unwrap_or(D::MAX);
+    match piece.try_into() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `AVX512` is true only in the AVX-512 variant, which `Kernel::available` hands
+        // out only where the CPU has AVX-512 F and BW.
+        Ok(whole) if AVX512 => unsafe { D::below_avx512(whole, t) },
+        _ => piece.iter().enumerate().fold(0u64, |mask, (j, &d)| mask | (u64::from(d < t) << j)),
+    }
+}
+
+/// Pieces whose masks [`push_group_hits`] builds at once (the scan's blocks hold at most 1,024
+/// distances).
+const MAX_PIECES: usize = 16;
 
 /// Distances per bit mask in [`push_hits`].
 const PIECE: usize = 64;
