@@ -313,6 +313,9 @@ fn linear_search_split(codes: ScanCodes<'_>, query: &[u64], k: usize, max_d: u32
         .map(|start| {
             let mut top = TopK::new(k, max_d);
             codes.scan(kernel, query, start..(start + step).min(n), &mut top);
+            // Each part selects its own best k, so the serial merge sees 2k candidates, not
+            // every hit the parts buffered.
+            top.shrink();
             top
         })
         .reduce_with(TopK::merge)
