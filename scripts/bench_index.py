@@ -8,6 +8,7 @@ multi-index hashing). Times FAISS IndexBinaryFlat (and IndexBinaryMultiHash wher
 distances, and prints a Markdown table for BENCHMARKS.md.
 
 Usage: .venv/bin/python scripts/bench_index.py [--n 1000000] [--quick] [--flat-only] [--bits 64] [--k 10]
+       [--kinds uniform,clustered]
 Installs faiss-cpu into the running venv if it is missing.
 """
 
@@ -95,6 +96,7 @@ def main():
     ap.add_argument("--flat-only", action="store_true", help="only the IndexBinaryFlat table")
     ap.add_argument("--bits", default=None, help="comma-separated code lengths (default 16,32,64,128)")
     ap.add_argument("--k", default=None, help="comma-separated k (default 10,100)")
+    ap.add_argument("--kinds", default="uniform,clustered", help="comma-separated code kinds")
     ap.add_argument("--binary", default=os.environ.get("SEARCH_BENCH", DEFAULT_BINARY))
     a = ap.parse_args()
     faiss = ensure_faiss()
@@ -110,7 +112,7 @@ def main():
     print("| codes | bits | N | k | threads | mode | queries | FAISS ms/query | ours ms/query | speed-up "
           "| FAISS CPU ms/query | ours CPU ms/query | CPU speed-up | ours codes/s/core | ours GB/s | same distances |")
     print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    kinds = ["uniform", "clustered"]
+    kinds = a.kinds.split(",")
     bit_list = [64, 16] if a.quick else [16, 32, 64, 128]
     if a.bits:
         bit_list = [int(b) for b in a.bits.split(",")]
