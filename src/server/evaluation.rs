@@ -248,13 +248,13 @@ impl Evaluations {
             return Ok(dir.clone());
         }
         let mut temp = self.temp.lock().unwrap_or_else(|p| p.into_inner());
-        if temp.is_none() {
-            let made = tempfile::Builder::new().prefix("hashsrv-evaluations-").tempdir().map_err(|source| {
-                StartError::Folder { path: std::env::temp_dir().join("hashsrv-evaluations-*"), source }
-            })?;
-            *temp = Some(made);
+        if let Some(made) = temp.as_ref() {
+            return Ok(made.path().to_path_buf());
         }
-        Ok(temp.as_ref().expect("made above").path().to_path_buf())
+        let made = tempfile::Builder::new().prefix("hashsrv-evaluations-").tempdir().map_err(|source| {
+            StartError::Folder { path: std::env::temp_dir().join("hashsrv-evaluations-*"), source }
+        })?;
+        Ok(temp.insert(made).path().to_path_buf())
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Job>>> {
