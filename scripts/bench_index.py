@@ -63,13 +63,20 @@ def make_codes(kind, n, bits, nq, rng):
     return np.ascontiguousarray(db), np.ascontiguousarray(q)
 
 
-def ours(binary, codes_path, queries_path, bits, k, threads, mode, method, radius=None, repeats=3):
+def ours(binary, codes_path, queries_path, bits, k, threads, mode, method, radius=None, repeats=3, extra=()):
     args = [binary, f"codes={codes_path}", f"queries={queries_path}", f"bits={bits}", f"k={k}",
-            f"threads={threads}", f"mode={mode}", f"method={method}", f"repeats={repeats}"]
+            f"threads={threads}", f"mode={mode}", f"method={method}", f"repeats={repeats}", *extra]
     if radius is not None:
         args.append(f"radius={radius}")
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def scaling(binary):
+    """What two threads gain over one on scans that need no memory bandwidth (`mode=scaling`): the
+    most a split query can gain at that moment, since the host shares this machine's cores."""
+    out = subprocess.run([binary, "mode=scaling"], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["two_thread_speedup"]
 
 
 def ratio(a, b, digits=1):
@@ -108,6 +115,7 @@ def main():
     bw = {t: json.loads(subprocess.run([a.binary, "mode=bandwidth", "mb=256", f"threads={t}"],
                         check=True, capture_output=True, text=True).stdout)["gb_per_second"] for t in (1, 2)}
     print(f"measured read bandwidth (sum of 256 MiB per thread): 1 thread {bw[1]:.1f} GB/s, 2 threads {bw[2]:.1f} GB/s")
+    print(f"two threads against one on cache-resident scans: {scaling(a.binary):.2f}x")
     print()
     print("| codes | bits | N | k | threads | mode | queries | FAISS ms/query | ours ms/query | speed-up "
           "| FAISS CPU ms/query | ours CPU ms/query | CPU speed-up | ours codes/s/core | ours GB/s | same distances |")

@@ -420,7 +420,10 @@ impl CodeIndex {
     }
 
     /// Like [`search`](Self::search), but a linear scan is split over the rayon pool's threads
-    /// (worth it when cores are idle; a loaded server gains more from one core per query).
+    /// (worth it when cores are idle; a loaded server gains more from one core per query). The
+    /// gain needs the pool's threads awake: queries back to back split a scan of 1M 64-bit codes
+    /// 1.8-2x faster, but a query arriving after the pool has slept pays for waking a thread, and
+    /// on the virtual machine of BENCHMARKS.md that took longer than such a scan.
     pub fn search_split(&self, query: &[u64], opts: &SearchOptions) -> SearchResult {
         check_query(self.codes(), query);
         if let Some(hits) = self.try_multi_index(query, opts, LinearCost::Split) {
