@@ -9,12 +9,13 @@ Usage: .venv/bin/python scripts/ab_index.py BINARY [BINARY ...] [--n 1000000] [-
 Modes: `single` and `batch` on one thread, `split` and `batch2` (a batch) on two. Prints one line
 per setting: milliseconds a query of each binary, one figure per round (the best run; with
 `--idle-us`, the median of queries timed one by one after N µs of sleep each, single and split
-only). Each line ends with the two-thread scaling probe (`search_bench mode=scaling`) taken just
+only, and the distances are not compared). Each line ends with the two-thread scaling probe (`search_bench mode=scaling`) taken just
 before it, since the host's load moves what a second thread gains.
 """
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 
@@ -60,6 +61,7 @@ def main():
                     cells = " | ".join(f"{os.path.basename(b)} " + " / ".join(f"{x:.4f}" for x in ms[b])
                                        for b in a.binaries)
                     print(f"{kind} {bits} {mode} {k} | {cells} | scaling {probe:.2f}x", flush=True)
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":
