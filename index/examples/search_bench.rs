@@ -40,15 +40,8 @@ fn main() -> Result<()> {
     let mode = get("mode", "single");
     let codes = read_codes(&get("codes", ""), bits)?;
     let queries = read_codes(&get("queries", ""), bits)?;
-    let dir = std::env::temp_dir().join(format!("hashsrv-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("bench.hsidx");
-    let mut writer = IndexWriter::create(&path, bits, IndexMetadata::default())?;
-    for (i, code) in codes.chunks_exact(words_for_bits(bits)).enumerate() {
-        writer.push(code, 0, i as u64, "")?;
-    }
-    writer.finish()?;
-    let index = CodeIndex::open(&path)?;
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let index = write_index(&dir.path().join("bench.hsidx"), bits, &codes)?;
     let n = index.len();
     let qs = CodeMatrix::new(bits, &queries);
     let opts = SearchOptions { k, radius, method };
@@ -68,8 +61,7 @@ fn main() -> Result<()> {
     let mut hits = pool.install(run); // warm-up: page in the codes
     if let Some(idle) = args.get("idle_us") {
         let idle = std::time::Duration::from_micros(idle.parse().context("idle_us=N")?);
-        pool.install(|| idle_latency(&index, qs, &opts, mode == "split", idle))?;
-        return std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()));
+        return pool.install(|| idle_latency(&index, qs, &opts, mode == "split", idle));
     }
     let mut best = f64::INFINITY;
     // CPU time is summed over all runs: `/proc` counts it in 10 ms ticks, so the runs go on
@@ -99,8 +91,17 @@ fn main() -> Result<()> {
         "distances": distances, "first_positions": hits.first(),
     });
     println!("{json}");
-    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(())
+}
+
+/// An index of `codes` (`words_for_bits(bits)` words each; a code's id is its position) at `path`.
+fn write_index(path: &std::path::Path, bits: u32, codes: &[u64]) -> Result<CodeIndex> {
+    let mut writer = IndexWriter::create(path, bits, IndexMetadata::default())?;
+    for (i, code) in codes.chunks_exact(words_for_bits(bits)).enumerate() {
+        writer.push(code, 0, i as u64, "")?;
+    }
+    writer.finish()?;
+    Ok(CodeIndex::open(path)?)
 }
 
 /// CPU time (user + system) of this process so far, from `/proc/self/stat` (clock ticks of 10 ms):
@@ -146,8 +147,7 @@ fn bandwidth(mb: usize, threads: usize) {
 /// at once. Two real cores give about 2x; this machine's two vCPUs have given 1.0-2.0x from one
 /// minute to the next (the host shares their cores), which bounds what a split scan can gain.
 fn scaling() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("hashsrv-scaling-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         x ^= x << 13;
@@ -157,13 +157,8 @@ fn scaling() -> Result<()> {
     };
     let mut indexes = Vec::new();
     for t in 0..2 {
-        let path = dir.join(format!("scaling-{t}.hsidx"));
-        let mut writer = IndexWriter::create(&path, 16, IndexMetadata::default())?;
-        for i in 0..65_536u64 {
-            writer.push(&[next()], 0, i, "")?;
-        }
-        writer.finish()?;
-        indexes.push(CodeIndex::open(&path)?);
+        let codes: Vec<u64> = (0..65_536).map(|_| next()).collect();
+        indexes.push(write_index(&dir.path().join(format!("scaling-{t}.hsidx")), 16, &codes)?);
     }
     let queries: Vec<u64> = (0..2_000).map(|_| next()).collect();
     let opts = SearchOptions { k: 10, radius: None, method: SearchMethod::Linear };
@@ -186,7 +181,6 @@ fn scaling() -> Result<()> {
         serde_json::json!({"mode": "scaling", "one_thread_seconds": one, "two_threads_seconds": two,
         "two_thread_speedup": 2.0 * one / two})
     );
-    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(())
 }
 
